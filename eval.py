@@ -1,0 +1,26 @@
+"""Evaluate a workdir's checkpoint: python eval.py --workdir DIR [--step N] [--json PATH].
+
+Rebuilds the run from DIR/config.json with the same builders as train.py, restores the params onto
+the current devices (any mesh), and prints validation metrics and sampled continuations.
+"""
+
+import sys
+
+from zoo import cli, experiment, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = cli.eval_parser().parse_args(argv)
+    with cli.user_errors():
+        cli.init_distributed(args)
+        cfg = cli.with_mesh_flag(experiment.load_config(args.workdir), args.mesh)
+        exp = experiment.build(cfg, args.workdir, tokenizer=runs.workdir_tokenizer(args.workdir))
+        params, step = runs.restore_params(exp, args.step)
+        summary = runs.report(exp, params, step=step, samples=args.samples)
+        if args.json:
+            runs.write_json(args.json, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

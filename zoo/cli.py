@@ -1,0 +1,133 @@
+"""Command-line flags of train.py and eval.py, config resolution, and one-line errors for people."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from typing import Iterator
+
+import jax
+
+import models
+from zoo import config as config_lib
+from zoo.checkpoint import CheckpointError
+from zoo.data import DataError
+from zoo.experiment import CONFIG_FILE, load_config
+
+# Errors that mean "the user asked for something that cannot work": reported in one line, exit 2.
+USER_ERRORS = (config_lib.ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected failures into `error: <one line>` on stderr and exit status 2, with no traceback."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Flags of train.py."""
+    p = argparse.ArgumentParser(description="Train a zoo model (resumes if WORKDIR has a checkpoint).")
+    p.add_argument("--model", default=None, help="preset name (default gpt-tiny; see models.PRESETS)")
+    p.add_argument("--data", default=None, help="builtin | text:GLOB (.txt/.jsonl) | tfds:NAME")
+    p.add_argument("--workdir", default="runs/default", help="where config, tokenizer, checkpoints and logs go")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--mesh", default=None, help="data=D,fsdp=F,tensor=T (default: all devices on data)")
+    p.add_argument("--init-from", default=None, help="workdir whose latest params initialise a fresh run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field, e.g. --set optim.learning_rate=3e-4 (repeatable)")
+    _distributed_flags(p)
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """Flags of eval.py."""
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint of a zoo workdir.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--json", default=None, help="write the metrics to this file as one JSON object")
+    p.add_argument("--mesh", default=None, help="data=D,fsdp=F,tensor=T for evaluation")
+    p.add_argument("--samples", type=int, default=3, help="sampled continuations to print")
+    _distributed_flags(p)
+    return p
+
+
+def _distributed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process runs)")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Start JAX's multi-process runtime when asked to (or automatically on a Cloud TPU pod)."""
+    if args.coordinator:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
+        jax.distributed.initialize()
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """`data=2,fsdp=2,tensor=2` -> {'data': 2, 'fsdp': 2, 'tensor': 2}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in ("data", "fsdp", "tensor"):
+            raise config_lib.ConfigError(f"--mesh expects data=D,fsdp=F,tensor=T, got {text!r}")
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            raise config_lib.ConfigError(f"--mesh size for {name} must be an integer, got {value!r}") from None
+    return out
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The typed flags as dotted overrides."""
+    pairs = [("data.source", args.data), ("train.steps", args.steps), ("data.batch_size", args.batch_size),
+             ("data.seq_len", args.seq_len), ("train.seed", args.seed),
+             ("train.checkpoint_every", args.checkpoint_every)]
+    out = [f"{k}={v}" for k, v in pairs if v is not None]
+    if args.mesh:
+        mesh = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)}
+        out += [f"mesh.{k}={v}" for k, v in mesh.items()]
+    return out + list(args.set)
+
+
+def train_config(args: argparse.Namespace) -> config_lib.Config:
+    """The run's config: the workdir's saved one when resuming, else the preset; then the flags."""
+    saved = os.path.join(args.workdir, CONFIG_FILE)
+    if os.path.exists(saved):
+        cfg = load_config(args.workdir)
+        if args.model and args.model != cfg.preset:
+            raise config_lib.ConfigError(
+                f"{args.workdir} holds a {cfg.preset} run, not {args.model}; use another --workdir")
+        new = config_lib.apply_overrides(cfg, _flag_overrides(args))
+        if new.model != cfg.model:
+            raise config_lib.ConfigError(f"{args.workdir} holds a run with other model settings; "
+                                         f"model.* cannot change on resume (use another --workdir)")
+        return new
+    family, model_cfg = models.preset(args.model or "gpt-tiny")
+    cfg = config_lib.Config(preset=args.model or "gpt-tiny", family=family.__name__.split(".")[-1],
+                            model=model_cfg, **family.train_defaults())
+    return config_lib.apply_overrides(cfg, _flag_overrides(args))
+
+
+def with_mesh_flag(cfg: config_lib.Config, mesh_text: str | None) -> config_lib.Config:
+    """Replace the config's mesh by a --mesh flag, if given."""
+    if not mesh_text:
+        return cfg
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(mesh_text)}
+    return dataclasses.replace(cfg, mesh=config_lib.MeshConfig(**mesh))

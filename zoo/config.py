@@ -1,0 +1,211 @@
+"""Frozen, typed run configuration: a model preset plus training sections, dotted overrides, JSON.
+
+A `Config` is built from a preset (see `models.PRESETS`), then changed with typed dotted overrides
+such as `optim.learning_rate=3e-4` or `model.num_layers=2`. Unknown keys and values of the wrong
+type raise `ConfigError` with one line saying what is wrong. The whole config is written to
+`workdir/config.json`, which is all `eval.py` and `zoo.load` need to rebuild the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value in a configuration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, cosine decay, global-norm clipping and gradient accumulation."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio at the last step
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
+    freeze_layers: int = 0  # freeze the embeddings and the lowest k layers (fine-tuning)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where text comes from and how it becomes batches."""
+
+    source: str = "builtin"  # builtin | text:GLOB (.txt/.jsonl) | tfds:NAME
+    batch_size: int = 16  # global batch, in sequences
+    seq_len: int = 128
+    vocab_size: int = 8000  # size of the sentencepiece model trained on first use
+    valid_fraction: float = 0.02  # documents held out when the source has no validation split
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop length, logging, evaluation and checkpoint cadence."""
+
+    steps: int = 600
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_batches: int = 16
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
+    sample_tokens: int = 40  # length of the samples printed at the end
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape over ('data', 'fsdp', 'tensor'); data=-1 takes the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs: the preset name, its family, the model and the training sections."""
+
+    preset: str
+    family: str
+    model: Any  # the family's frozen config dataclass
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+
+
+def _parse_value(text: str, kind: Any, key: str) -> Any:
+    """Parse `text` as the annotated type `kind`, or raise ConfigError."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if type(None) in options and text.lower() in ("none", "null"):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _parse_value(text, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if kind is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key} expects true or false, got {text!r}")
+    if kind in (int, float):
+        try:
+            value = float(text) if kind is float else int(text)
+        except ValueError:
+            raise ConfigError(f"{key} expects {kind.__name__}, got {text!r}") from None
+        return value
+    if kind is str:
+        return text
+    raise ConfigError(f"{key} cannot be set from the command line")
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def override(obj: Any, key: str, value: Any) -> Any:
+    """Return a copy of a config dataclass with dotted `key` set; strings are parsed to the field type."""
+    head, _, rest = key.partition(".")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise ConfigError(f"unknown config key {key!r}; valid here: {', '.join(sorted(names))}")
+    current = getattr(obj, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{head} has no sub-keys (got {key!r})")
+        return dataclasses.replace(obj, **{head: override(current, rest, value)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.<name>=...")
+    kind = _field_types(obj)[head]
+    if isinstance(value, str) and kind is not str:
+        value = _parse_value(value, kind, key)
+    elif not isinstance(value, str):
+        value = _check_type(value, kind, key)
+    return dataclasses.replace(obj, **{head: value})
+
+
+def _check_type(value: Any, kind: Any, key: str) -> Any:
+    """Check a Python value against an annotated type, allowing int where float is expected."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = typing.get_origin(kind) or kind
+    if base in (typing.Union, types.UnionType):
+        if any(_is_instance(value, k) for k in typing.get_args(kind)):
+            return value
+    elif _is_instance(value, kind):
+        return value
+    raise ConfigError(f"{key} expects {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is int and isinstance(value, bool):
+        return False
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def apply_overrides(config: Config, assignments: list[str]) -> Config:
+    """Apply `key=value` strings (e.g. `optim.learning_rate=3e-4`) to a config."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {assignment!r}")
+        if key.split(".")[0] in ("preset", "family"):
+            raise ConfigError(f"{key} cannot be overridden; choose another --model instead")
+        config = override(config, key.strip(), value.strip())
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain JSON-able data."""
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Config) -> str:
+    """The config as indented JSON text."""
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_dict(data: dict[str, Any], model_class: type) -> Config:
+    """Rebuild a Config from `to_dict` output; `model_class` is the family's config dataclass."""
+    sections = {"optim": OptimConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
+    try:
+        kwargs = {name: _build(cls, data.get(name, {})) for name, cls in sections.items()}
+        return Config(
+            preset=data["preset"],
+            family=data["family"],
+            model=_build(model_class, data["model"]),
+            **kwargs,
+        )
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"config.json is not a zoo config ({err})") from None
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """Instantiate a config dataclass, rejecting unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys in config.json: {', '.join(unknown)}")
+    obj = cls(**values)
+    for key, value in values.items():
+        _check_type(value, _field_types(obj)[key], f"{cls.__name__}.{key}")
+    return obj

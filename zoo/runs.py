@@ -1,0 +1,110 @@
+"""Starting and finishing a run: restore-or-init, params for evaluation, the closing report."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.traverse_util as traverse
+import jax
+
+from zoo import checkpoint, data, experiment, steps, trainer
+from zoo.experiment import Experiment
+from zoo.tokenizer import Tokenizer
+
+
+def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[steps.TrainState, int]:
+    """(state, data position): the workdir's latest checkpoint, else --init-from params, else fresh."""
+    checkpointer = exp.checkpointer()
+    try:
+        if checkpointer.latest_step() is not None:
+            state, position, step = checkpointer.restore(exp.layout.abstract)
+            if jax.process_index() == 0:
+                print(f"resumed from {exp.workdir} step {step}")
+            return state, position
+    finally:
+        checkpointer.close()
+    state = exp.init_state()
+    if init_from:
+        state = state.replace(params=params_from_workdir(exp, init_from, state.params))
+    return state, 0
+
+
+def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
+    """`fresh` params with every entry that another workdir's latest checkpoint also has (same shape) replaced.
+
+    This is how fine-tuning starts from a pretrained run: the shared body is loaded and new heads
+    keep their fresh initialisation.
+    """
+    other_cfg = experiment.load_config(workdir)
+    other = experiment.build(other_cfg, workdir, tokenizer=workdir_tokenizer(workdir), mesh=exp.mesh)
+    source = checkpoint.Checkpointer(workdir, read_only=True)
+    try:
+        loaded = source.restore_params(other.layout.abstract.params)
+    finally:
+        source.close()
+    flat_loaded = traverse.flatten_dict(loaded)
+    flat_fresh = traverse.flatten_dict(fresh)
+    used = 0
+    for key, value in flat_fresh.items():
+        old = flat_loaded.get(key)
+        if old is not None and old.shape == value.shape:
+            flat_fresh[key] = jax.device_put(old, value.sharding)
+            used += 1
+    if used == 0:
+        raise checkpoint.CheckpointError(f"--init-from {workdir}: no parameter matches this model")
+    if jax.process_index() == 0:
+        print(f"initialised {used}/{len(flat_fresh)} parameter arrays from {workdir}")
+    return traverse.unflatten_dict(flat_fresh)
+
+
+def workdir_tokenizer(workdir: str) -> Tokenizer:
+    """The tokenizer saved in a workdir."""
+    path = os.path.join(workdir, data.TOKENIZER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no {data.TOKENIZER_FILE}; is it a zoo workdir?")
+    return Tokenizer.from_file(path)
+
+
+def restore_params(exp: Experiment, step: int | None = None) -> tuple[Any, int]:
+    """(params, step) of a checkpoint in the experiment's workdir, on the experiment's mesh."""
+    checkpointer = exp.checkpointer(read_only=True)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise checkpoint.CheckpointError(f"{exp.workdir} has no checkpoint yet; train first")
+        state, _, step = checkpointer.restore(exp.layout.abstract, step)
+        return state.params, step
+    finally:
+        checkpointer.close()
+
+
+def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3) -> dict[str, Any]:
+    """Evaluate on the whole validation split, print metrics and sampled continuations; return them."""
+    summary = trainer.evaluate(exp, params, exp.batches("validation"))
+    summary.update(vocab_size=exp.tokenizer.vocab_size, preset=exp.config.preset)
+    if step is not None:
+        summary["step"] = step
+    texts: list[dict[str, str]] = []
+    if samples > 0 and hasattr(exp.family, "generate"):
+        prompts = [exp.tokenizer.decode(p) for p in trainer.sample_prompts(exp, samples)]
+        outputs = exp.family.generate(exp.model, params, exp.tokenizer, prompts, exp.config.train.sample_tokens)
+        texts = [{"prompt": p, "continuation": o} for p, o in zip(prompts, outputs)]
+    if jax.process_index() == 0:
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        print(f"validation: {shown}")
+        for t in texts:
+            print(f"--- {t['prompt']!r} -> {t['continuation']!r}")
+    summary["samples"] = texts
+    return summary
+
+
+def write_json(path: str, values: dict[str, Any]) -> None:
+    """Write one JSON object atomically (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(values, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""Device mesh over ('data', 'fsdp', 'tensor') and the one table mapping logical axes onto it.
+
+Parallelism is chosen here, never in model code: batches split over data x fsdp, parameters and
+optimizer state over fsdp (ZeRO-3 style: gathered layer by layer inside the step), and heads, MLP
+width and vocabulary over tensor (Megatron-style).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),  # activations' embed dim stays whole: fsdp is already taken by batch there
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("relpos", None),
+)
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:
+    """Resolve a mesh shape (data=-1 takes what is left) and check it covers every device."""
+    if min(fsdp, tensor) < 1 or data == 0 or data < -1:
+        raise ValueError(f"mesh sizes must be positive (got data={data}, fsdp={fsdp}, tensor={tensor})")
+    if data == -1:
+        if device_count % (fsdp * tensor):
+            raise ValueError(f"fsdp*tensor={fsdp * tensor} does not divide the {device_count} devices")
+        data = device_count // (fsdp * tensor)
+    if data * fsdp * tensor != device_count:
+        raise ValueError(f"mesh data={data},fsdp={fsdp},tensor={tensor} has {data * fsdp * tensor} "
+                         f"devices but {device_count} are available; make the product {device_count}")
+    return data, fsdp, tensor
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | None = None) -> Mesh:
+    """A mesh over all (or the given) devices, with Auto axes so logical partitioning applies."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    if devices == jax.devices():
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def batch_size_per_shard(mesh: Mesh) -> int:
+    """How many ways the batch dimension is split."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree whose leaves may be LogicallyPartitioned (others are replicated)."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [B, ...] host batch: rows over data x fsdp."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a fully replicated array (scalars, metrics)."""
+    return NamedSharding(mesh, P())
+
+
+def describe(shardings: Any, params: Any) -> list[str]:
+    """One line per parameter: path, shape and how its axes map onto the mesh (a sharding inspector)."""
+    lines = []
+    flat_s = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    flat_p = jax.tree.leaves(params)
+    for (path, sharding), leaf in zip(flat_s, flat_p):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        shards = math.prod(sharding.shard_shape(leaf.shape)) if leaf.shape else 1
+        lines.append(f"{name:60s} {str(tuple(leaf.shape)):22s} {str(sharding.spec):40s} "
+                     f"{math.prod(leaf.shape) // max(shards, 1)}x split")
+    return lines

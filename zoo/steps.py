@@ -1,0 +1,159 @@
+"""Train state, its sharded initialisation, and the jitted train and eval steps.
+
+Every family plugs in through three functions of its module: `init_params(model, rng, batch)`,
+`loss_sums(model, params, batch, dropout_rng, train)` returning summed metrics with `loss_sum`
+and `weight_sum`, and `init_batch(batch_size, seq_len)` giving example shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+from typing import Any, Callable, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from zoo import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training and goes into a checkpoint."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    bad_steps: jax.Array  # consecutive non-finite steps, reset by a good one
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Shapes and mesh shardings of the train state and of one batch, for jit and checkpoint restore."""
+
+    abstract: TrainState  # leaves are jax.ShapeDtypeStruct carrying their sharding
+    shardings: TrainState
+    batch_shardings: dict[str, jax.sharding.NamedSharding]
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh) -> Iterator[None]:
+    """Make `mesh` and the logical-axis rules current (for tracing and for array creation)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        yield
+
+
+def abstract_params(family: types.ModuleType, model: nn.Module, batch_size: int, seq_len: int) -> Any:
+    """Boxed (LogicallyPartitioned) parameter shapes, computed without allocating anything."""
+    batch = family.init_batch(batch_size, seq_len)
+    return jax.eval_shape(lambda: family.init_params(model, jax.random.key(0), batch))
+
+
+def state_layout(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+                 mesh: Mesh, batch_size: int, seq_len: int) -> StateLayout:
+    """Where every leaf of the train state lives on `mesh`, from the logical-axis rules."""
+    boxed = abstract_params(family, model, batch_size, seq_len)
+    param_shardings = sharding.logical_shardings(boxed, mesh)
+    params = nn.meta.unbox(boxed)
+    opt_state = jax.eval_shape(tx.init, params)
+    rep = sharding.replicated(mesh)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, opt_state, param_shardings, transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = TrainState(step=scalar, params=params, opt_state=opt_state, bad_steps=scalar)
+    shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, bad_steps=rep)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    example = family.init_batch(batch_size, seq_len)
+    batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in example.items()}
+    return StateLayout(abstract, shardings, batch_shardings)
+
+
+def init_state(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+               layout: StateLayout, mesh: Mesh, seed: int) -> TrainState:
+    """A fresh train state, created directly in its sharded layout (no host-side copy of the params)."""
+    batch = family.init_batch(1, 8)
+
+    def init(rng: jax.Array) -> TrainState:
+        params = nn.meta.unbox(family.init_params(model, rng, batch))
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(step=zero, params=params, opt_state=tx.init(params), bad_steps=zero)
+
+    with on_mesh(mesh):
+        return jax.jit(init, out_shardings=layout.shardings)(jax.random.key(seed))
+
+
+def _micro_batches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+    """Split [B, ...] into [count, B/count, ...] taking rows i::count, so no row changes device."""
+    def split(x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+                    layout: StateLayout, mesh: Mesh, schedule: optax.Schedule, seed: int,
+                    grad_accum: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """A jitted `(state, batch) -> (state, metrics)`; the input state's buffers are donated.
+
+    Gradients are of the summed loss over all micro-batches divided by the total target weight, so
+    accumulation gives the same update as one big batch. A step with a non-finite loss or gradient
+    leaves params and optimizer state unchanged and counts in `bad_steps`.
+    """
+    base_key = jax.random.key(seed)
+
+    def sums_and_grads(params: Any, batch: dict, rng: jax.Array) -> tuple[dict, Any]:
+        def objective(p: Any) -> tuple[jax.Array, dict]:
+            sums = family.loss_sums(model, p, batch, rng, True)
+            return sums["loss_sum"], sums
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return sums, grads
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            rng = jax.random.fold_in(base_key, state.step)
+            if grad_accum == 1:
+                sums, grads = sums_and_grads(state.params, batch, rng)
+            else:
+                def body(carry: tuple, xs: tuple) -> tuple[tuple, None]:
+                    micro, i = xs
+                    sums, grads = sums_and_grads(state.params, micro, jax.random.fold_in(rng, i))
+                    return jax.tree.map(jnp.add, carry, (sums, grads)), None
+                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                    sums_and_grads, state.params, jax.tree.map(lambda x: x[0], _micro_batches(batch, grad_accum)), rng))
+                (sums, grads), _ = jax.lax.scan(body, zeros, (_micro_batches(batch, grad_accum), jnp.arange(grad_accum)))
+            weight = jnp.maximum(sums["weight_sum"], 1.0)
+            grads = jax.tree.map(lambda g: g / weight, grads)
+            loss = sums["loss_sum"] / weight
+            grad_norm = optax.global_norm(grads)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+            new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                                   opt_state=keep(opt_state, state.opt_state),
+                                   bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
+            metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                       "skipped": (~ok).astype(jnp.int32), "bad_steps": new_state.bad_steps,
+                       **{k: v for k, v in sums.items()}}
+            return new_state, metrics
+
+    rep = sharding.replicated(mesh)
+    return jax.jit(step, in_shardings=(layout.shardings, layout.batch_shardings),
+                   out_shardings=(layout.shardings, rep), donate_argnums=(0,))
+
+
+def make_eval_step(family: types.ModuleType, model: nn.Module, layout: StateLayout,
+                   mesh: Mesh) -> Callable[[Any, dict], dict]:
+    """A jitted `(params, batch) -> summed metrics` with dropout off."""
+    def step(params: Any, batch: dict) -> dict:
+        with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return family.loss_sums(model, params, batch, jax.random.key(0), False)
+
+    return jax.jit(step, in_shardings=(layout.shardings.params, layout.batch_shardings),
+                   out_shardings=sharding.replicated(mesh))

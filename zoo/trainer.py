@@ -1,0 +1,141 @@
+"""The training loop: steps, metrics, evaluation, checkpoints, preemption, and closing samples.
+
+Step n+1 is dispatched before step n's metrics are fetched, so the device never waits on Python;
+only a few scalars cross to the host per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+from tqdm.auto import tqdm
+
+from zoo import data, metrics as metrics_lib, steps
+from zoo.experiment import Experiment
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many consecutive non-finite steps)."""
+
+
+@contextlib.contextmanager
+def preemption_flag() -> Iterator[dict[str, bool]]:
+    """A flag set by SIGTERM (Cloud TPU's preemption notice) while the block runs."""
+    flag = {"stop": False}
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a notebook helper thread): no handler
+        pass
+    try:
+        yield flag
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def evaluate(exp: Experiment, params: Any, batches: data.Batches, max_batches: int = 0) -> dict[str, float]:
+    """Validation loss, perplexity, accuracy (and family extras) over `max_batches` (0: all) batches."""
+    eval_step = steps.make_eval_step(exp.family, exp.model, exp.layout, exp.mesh)
+    count = batches.batches_per_epoch if max_batches <= 0 else min(max_batches, batches.batches_per_epoch)
+    totals: dict[str, float] = {}
+    with steps.on_mesh(exp.mesh):
+        pending = [eval_step(params, data.to_global(batches.get(i), exp.layout.batch_shardings))
+                   for i in range(count)]
+    for sums in jax.device_get(pending):
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return metrics_lib.summarize(totals)
+
+
+def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = False) -> steps.TrainState:
+    """Train from `state` (whose data position is `position`) to config.train.steps; return the state."""
+    cfg = exp.config
+    t = cfg.train
+    is_main = jax.process_index() == 0
+    checkpointer = exp.checkpointer()
+    writer = metrics_lib.MetricsWriter(exp.workdir)
+    start = int(jax.device_get(state.step))
+    writer.truncate_after(start)
+    train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule,
+                                       t.seed, cfg.optim.grad_accum)
+    train_batches, valid_batches = exp.batches("train"), exp.batches("validation")
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_token = exp.family.flops_per_token(cfg.model, cfg.data.seq_len)
+    bar = tqdm(total=t.steps, initial=start, disable=quiet or not is_main, unit="step", dynamic_ncols=True)
+    batches = data.prefetch(train_batches, position, exp.layout.batch_shardings)
+    pending: tuple[int, Any] | None = None
+    window_start, window_steps = time.perf_counter(), 0
+    with preemption_flag() as preempted, steps.on_mesh(exp.mesh):
+        for step in range(start, t.steps):
+            state, step_metrics = train_step(state, next(batches))
+            position += 1
+            if pending is not None:
+                window_steps += 1
+                _check_health(pending, t.max_bad_steps)
+                if pending[0] % t.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    rate = tokens_per_step * window_steps / max(elapsed, 1e-9)
+                    _log(writer, bar, pending, rate, metrics_lib.mfu(flops_per_token, rate))
+                if pending[0] % t.log_every == 0 or pending[0] == start + 1:
+                    # the first step includes compilation: throughput is timed from after it
+                    window_start, window_steps = time.perf_counter(), 0
+            pending = (step + 1, step_metrics)
+            bar.update(1)
+            done = step + 1
+            valid_loss = None
+            if t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                summary = evaluate(exp, state.params, valid_batches, t.eval_batches)
+                valid_loss = summary["loss"]
+                writer.write(done, {f"valid_{k}": v for k, v in summary.items()})
+            if done % t.checkpoint_every == 0 or done == t.steps or preempted["stop"]:
+                if done == t.steps and valid_loss is None:
+                    valid_loss = evaluate(exp, state.params, valid_batches, t.eval_batches)["loss"]
+                checkpointer.save(done, state, position, valid_loss)
+            if preempted["stop"]:
+                if is_main:
+                    tqdm.write(f"SIGTERM: checkpoint saved at step {done}; exiting")
+                break
+        if pending is not None:
+            _check_health(pending, t.max_bad_steps)
+            elapsed = time.perf_counter() - window_start
+            rate = tokens_per_step * (window_steps + 1) / max(elapsed, 1e-9)
+            _log(writer, bar, pending, rate, metrics_lib.mfu(flops_per_token, rate))
+    bar.close()
+    checkpointer.close()
+    writer.close()
+    return state
+
+
+def _check_health(pending: tuple[int, Any], max_bad_steps: int) -> None:
+    """Stop when the last `max_bad_steps` steps all had a non-finite loss or gradient."""
+    step, m = pending
+    if int(m["bad_steps"]) >= max_bad_steps:
+        raise TrainingError(f"{max_bad_steps} consecutive steps up to {step} had a non-finite loss or "
+                            f"gradient; lower optim.learning_rate or check the data")
+
+
+def _log(writer: metrics_lib.MetricsWriter, bar: tqdm, pending: tuple[int, Any], rate: float, mfu: float) -> None:
+    step, m = pending
+    m = jax.device_get(m)
+    record = {"loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),
+              "grad_norm": float(m["grad_norm"]), "tokens_per_sec": rate, "mfu": mfu,
+              "accuracy": float(m["correct_sum"]) / max(float(m["weight_sum"]), 1.0),
+              "skipped_steps": int(m["skipped"])}
+    writer.write(step, record)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{mfu:.1%}")
+
+
+def sample_prompts(exp: Experiment, count: int = 3, prompt_tokens: int = 8) -> list[list[int]]:
+    """The first tokens of a few validation documents, as prompts for closing samples."""
+    records = exp.records("validation")[:count]
+    texts = [r.get("text", r.get("input", "")) for r in records]
+    return [ids[:prompt_tokens] for ids in exp.tokenizer.encode_batch(texts) if ids]
