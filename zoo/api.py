@@ -1,1 +1,141 @@
-"""Placeholder until the public API lands."""
+"""The public Python API: a model handle with its config, params and tokenizer.
+
+`create` starts from a preset, `load` from a trained workdir, `load_hf` from a Hugging Face
+checkpoint directory. The handle computes logits, generates text, and saves itself as a zoo
+workdir (which train.py can continue) or as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import types
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+import models
+from zoo import checkpoint, config as config_lib, convert, experiment, optim, runs, sharding, steps
+from zoo.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class ZooModel:
+    """A model ready for inference: run config, family module, Flax module, params, tokenizer (or None)."""
+
+    config: config_lib.Config
+    family: types.ModuleType
+    module: nn.Module
+    params: Any
+    tokenizer: Any = None
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters."""
+        return experiment.num_params(self.params)
+
+    def logits(self, input_ids: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Float32 logits for a batch of token ids (family-specific extras: attention_mask, ...)."""
+        return np.asarray(_jitted_logits(self.family, self.module)(self.params, input_ids, *args, **kwargs))
+
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 40, **sampling: Any) -> str | list[str]:
+        """Continue (GPT) or answer (T5) a prompt; greedy unless temperature/top_k/top_p are given."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; load one with zoo.load or zoo.load_hf")
+        if not hasattr(self.family, "generate"):
+            raise ValueError(f"the {self.config.family} family does not generate text")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens, **sampling)
+        return out[0] if isinstance(prompt, str) else out
+
+    def save(self, workdir: str) -> None:
+        """Write a zoo workdir (config, tokenizer, step-0 checkpoint with fresh optimizer state)."""
+        if os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+            raise ValueError(f"{workdir} already holds checkpoints; choose an empty workdir")
+        experiment.save_config(self.config, workdir)
+        if isinstance(self.tokenizer, Tokenizer):
+            self.tokenizer.save(os.path.join(workdir, "tokenizer.model"))
+        tx = optim.make_optimizer(self.config.optim, self.config.train.steps, self.params)
+        zero = jax.numpy.zeros((), jax.numpy.int32)
+        state = steps.TrainState(step=zero, params=self.params, opt_state=tx.init(self.params), bad_steps=zero)
+        saver = checkpoint.Checkpointer(workdir, async_save=False)
+        saver.save(0, state, 0)
+        saver.close()
+
+    def save_hf(self, path: str) -> None:
+        """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+        if not hasattr(self.family, "params_to_hf"):
+            raise ValueError(f"the {self.config.family} family has no Hugging Face mapping")
+        hf_config = self.family.config_to_hf(self.config.model)
+        convert.write_hf_dir(path, hf_config, self.family.params_to_hf(jax.device_get(self.params), self.config.model))
+
+
+@functools.cache
+def _jitted_logits(family: types.ModuleType, module: nn.Module) -> Any:
+    return jax.jit(functools.partial(family.logits, module))
+
+
+def _init_params(family: types.ModuleType, module: nn.Module, seed: int) -> Any:
+    batch = family.init_batch(1, 8)
+    return jax.jit(lambda rng: nn.meta.unbox(family.init_params(module, rng, batch)))(jax.random.key(seed))
+
+
+def create(preset: str, seed: int = 0, **model_overrides: Any) -> ZooModel:
+    """A randomly initialised model from a preset; keyword arguments override model config fields."""
+    family, model_cfg = models.preset(preset)
+    for key, value in model_overrides.items():
+        model_cfg = config_lib.override(model_cfg, key, value)
+    cfg = config_lib.Config(preset=preset, family=family.__name__.split(".")[-1], model=model_cfg,
+                            **family.train_defaults())
+    module = family.Model(model_cfg)
+    return ZooModel(cfg, family, module, _init_params(family, module, seed))
+
+
+def load(workdir: str, step: int | None = None) -> ZooModel:
+    """A trained model from a zoo workdir: its config, tokenizer and the params of `step` (default latest)."""
+    cfg = experiment.load_config(workdir)
+    tokenizer_path = os.path.join(workdir, "tokenizer.model")
+    tokenizer = Tokenizer.from_file(tokenizer_path) if os.path.exists(tokenizer_path) else None
+    exp = experiment.build(cfg, workdir, tokenizer=tokenizer or experiment.NO_TOKENIZER,
+                           mesh=sharding.make_mesh())
+    params, _ = runs.restore_params(exp, step)
+    return ZooModel(exp.config, exp.family, exp.model, params, tokenizer)
+
+
+def load_hf(path: str) -> ZooModel:
+    """A model from a Hugging Face checkpoint directory (config.json + safetensors or .bin)."""
+    hf_config, tensors = convert.read_hf_dir(path)
+    family = convert.family_for(hf_config)
+    model_cfg = family.config_from_hf(hf_config)
+    params = jax.tree.map(jax.numpy.asarray, family.params_from_hf(tensors, model_cfg))
+    expected = jax.eval_shape(lambda: nn.meta.unbox(
+        family.init_params(family.Model(model_cfg), jax.random.key(0), family.init_batch(1, 8))))
+    _check_tree(params, expected, path)
+    cfg = config_lib.Config(preset=f"hf:{hf_config['model_type']}", family=family.__name__.split(".")[-1],
+                            model=model_cfg, **family.train_defaults())
+    return ZooModel(cfg, family, family.Model(model_cfg), params, _hf_tokenizer(path))
+
+
+def _check_tree(params: Any, expected: Any, path: str) -> None:
+    got = {k: v.shape for k, v in _flat(params).items()}
+    want = {k: v.shape for k, v in _flat(expected).items()}
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))[0][0]
+        raise convert.ConversionError(f"{path}: converted parameter {diff} does not match the model")
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    import flax.traverse_util as traverse
+
+    return {"/".join(k): v for k, v in traverse.flatten_dict(tree).items()}
+
+
+def _hf_tokenizer(path: str) -> Any:
+    """The directory's tokenizer if it has one we can read (sentencepiece or tokenizer.json)."""
+    spiece = os.path.join(path, "spiece.model")
+    if os.path.exists(spiece):
+        return Tokenizer.from_file(spiece)
+    return None

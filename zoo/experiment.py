@@ -21,6 +21,7 @@ from zoo import checkpoint, config as config_lib, data, optim, sharding, steps
 from zoo.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
+NO_TOKENIZER = "none"  # pass as `tokenizer` to build a model without one (vocab size from the config)
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class Experiment:
     workdir: str | None
     family: types.ModuleType
     mesh: Mesh
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
     model: nn.Module
     tx: optax.GradientTransformation
     schedule: optax.Schedule
@@ -87,9 +88,9 @@ def save_config(cfg: config_lib.Config, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
 
 
-def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | None = None,
+def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | str | None = None,
           mesh: Mesh | None = None) -> Experiment:
-    """Mesh, tokenizer (loaded from the workdir or trained), model, optimizer and state layout."""
+    """Mesh, tokenizer (given, else loaded from the workdir or trained), model, optimizer, state layout."""
     family = models.FAMILIES[cfg.family]
     if mesh is None:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -103,7 +104,9 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | No
             cfg.data.source, "train", cfg.data.valid_fraction, cfg.train.seed)
         tokenizer = data.get_tokenizer(workdir, train_records or [], cfg.data.vocab_size,
                                        sentinels=family.sentinels(cfg.model))
-    if cfg.model.vocab_size != tokenizer.vocab_size:
+    if isinstance(tokenizer, str):
+        tokenizer = None
+    elif cfg.model.vocab_size != tokenizer.vocab_size:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     family.validate(cfg.model, cfg.data.seq_len)
     model = family.Model(cfg.model)

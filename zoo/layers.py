@@ -184,12 +184,17 @@ class Attention(nn.Module):
 
     Self-attention when `kv_BSD` is None. With `decode=True` the keys and values of the new tokens
     are written into a `cache` collection at the running index, and queries attend to the cache.
+
+    Cross-attention (`cross=True`, e.g. a decoder over its encoder's output) with `decode=True`
+    projects `kv_BSD` into keys and values once, on the call that passes it, and caches them; later
+    calls pass `kv_BSD=None` and reuse them, so decoding never re-projects the encoder output.
     """
 
     cfg: TransformerConfig
     causal: bool = True
     qk_scale: float | None = None  # T5 folds the 1/sqrt(K) into its init and uses scale 1
     decode: bool = False
+    cross: bool = False  # attend over kv_BSD (another sequence); see the class docstring for decode
 
     @nn.compact
     def __call__(self, x_BLD: Array, segments_BL: Array, positions_BL: Array,
@@ -203,17 +208,23 @@ class Attention(nn.Module):
         w_k_DGK = param_with_axes(self, "w_k", init, (D, G, K), ("embed", "heads", "kv"), cfg)
         w_v_DGK = param_with_axes(self, "w_v", init, (D, G, K), ("embed", "heads", "kv"), cfg)
         w_o_HKD = param_with_axes(self, "w_o", init, (H, K, D), ("heads", "kv", "embed"), cfg)
-        source_BSD = x_BLD if kv_BSD is None else kv_BSD
+        source_BSD = x_BLD if kv_BSD is None and not self.cross else kv_BSD
         q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, w_q_DHK.astype(dtype))
-        k_BSGK = jnp.einsum("BSD,DGK->BSGK", source_BSD, w_k_DGK.astype(dtype))
-        v_BSGK = jnp.einsum("BSD,DGK->BSGK", source_BSD, w_v_DGK.astype(dtype))
+        k_BSGK = v_BSGK = None  # cached cross-attention: keys and values come from the cache
+        if source_BSD is not None:
+            k_BSGK = jnp.einsum("BSD,DGK->BSGK", source_BSD, w_k_DGK.astype(dtype))
+            v_BSGK = jnp.einsum("BSD,DGK->BSGK", source_BSD, w_v_DGK.astype(dtype))
         if cfg.use_bias:
             zeros = nn.initializers.zeros
             q_BLHK += param_with_axes(self, "b_q", zeros, (H, K), ("heads", "kv"), cfg).astype(dtype)
-            k_BSGK += param_with_axes(self, "b_k", zeros, (G, K), ("heads", "kv"), cfg).astype(dtype)
-            v_BSGK += param_with_axes(self, "b_v", zeros, (G, K), ("heads", "kv"), cfg).astype(dtype)
+            b_k_GK = param_with_axes(self, "b_k", zeros, (G, K), ("heads", "kv"), cfg).astype(dtype)
+            b_v_GK = param_with_axes(self, "b_v", zeros, (G, K), ("heads", "kv"), cfg).astype(dtype)
+            if source_BSD is not None:
+                k_BSGK, v_BSGK = k_BSGK + b_k_GK, v_BSGK + b_v_GK
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
-        if kv_BSD is None:  # self-attention: keys live at the same positions as queries
+        if self.cross and self.decode:
+            k_BSGK, v_BSGK, kv_segments_BS = self._cross_cache(k_BSGK, v_BSGK, kv_segments_BS)
+        if source_BSD is x_BLD:  # self-attention: keys live at the same positions as queries
             if cfg.position == "rope":
                 q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
                 k_BSGK = rope(k_BSGK, positions_BL, cfg.rope_theta)
@@ -232,6 +243,19 @@ class Attention(nn.Module):
         if cfg.use_bias:
             out_BLD += param_with_axes(self, "b_o", nn.initializers.zeros, (D,), ("embed",), cfg).astype(dtype)
         return nn.Dropout(cfg.dropout)(out_BLD, deterministic=deterministic)
+
+    def _cross_cache(self, k_BSGK: Array | None, v_BSGK: Array | None, segments_BS: Array | None):
+        """Store cross-attention keys/values/segments when given; return the cached ones."""
+        if k_BSGK is None and not self.has_variable("cache", "cross_k"):
+            raise ValueError("cached cross-attention needs kv_BSD on its first decode call")
+        if k_BSGK is not None:
+            if segments_BS is None:
+                segments_BS = jnp.ones(k_BSGK.shape[:2], jnp.int32)
+            for name, value in (("cross_k", k_BSGK), ("cross_v", v_BSGK), ("cross_segments", segments_BS)):
+                variable = self.variable("cache", name, jnp.zeros, value.shape, value.dtype)
+                variable.value = value
+        return (self.get_variable("cache", "cross_k"), self.get_variable("cache", "cross_v"),
+                self.get_variable("cache", "cross_segments"))
 
     def _update_cache(self, k_BLGK: Array, v_BLGK: Array, segments_BL: Array, positions_BL: Array):
         """Write new keys/values at the cache index; return the whole cache to attend over.

@@ -362,7 +362,9 @@ def _flax_loss_fn(shape: Shape, model: Any) -> Callable[[Any, dict[str, Any]], A
     return loss_fn
 
 
-def _flax_train(shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype: str) -> tuple[float, list[float]]:
+def _flax_train(
+    shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype: str
+) -> tuple[float, list[float]]:
     import jax
     import optax
 
@@ -378,7 +380,8 @@ def _flax_train(shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype
                 return optax.apply_updates(params, updates), opt_state, loss
 
             step = jax.jit(train_step, donate_argnums=(0, 1))
-            params = jax.device_put(model.params)  # the step donates these buffers; model.params is unused after
+            # The step donates these buffers; model.params is not used after this.
+            params = jax.device_put(model.params)
             opt_state = jax.jit(tx.init)(params)
             batch = jax.device_put(batch_np)
             times = []
@@ -389,7 +392,9 @@ def _flax_train(shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype
                 times.append(time.perf_counter() - t0)
         except TypeError as e:
             if shape.family == "t5" and "clip" in str(e):
-                raise RuntimeError(f"transformers' Flax T5 does not run on this JAX even with the clip shim: {e}") from e
+                raise RuntimeError(
+                    f"transformers' Flax T5 does not run on this JAX even with the clip shim: {e}"
+                ) from e
             raise
     if not np.isfinite(float(loss)):
         raise RuntimeError(f"hf-flax {shape.family} train step produced a non-finite loss {float(loss)}")
@@ -460,7 +465,9 @@ def _torch_autocast(dtype: str) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=_torch_device().type, dtype=getattr(torch, dtype))
 
 
-def _torch_train(shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype: str) -> tuple[float, list[float]]:
+def _torch_train(
+    shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtype: str
+) -> tuple[float, list[float]]:
     import torch
 
     model = _torch_model(shape)
@@ -468,7 +475,11 @@ def _torch_train(shape: Shape, batch_np: dict[str, np.ndarray], steps: int, dtyp
     opt = torch.optim.AdamW(model.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
     device = _torch_device()
     # The models shift gpt labels and build t5 decoder inputs from labels themselves.
-    batch = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in batch_np.items() if k != "decoder_input_ids"}
+    batch = {
+        k: torch.as_tensor(v, dtype=torch.long, device=device)
+        for k, v in batch_np.items()
+        if k != "decoder_input_ids"
+    }
     extra = {} if shape.family == "bert" else {"use_cache": False}
     times = []
     for _ in range(steps + 1):
