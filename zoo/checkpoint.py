@@ -32,7 +32,9 @@ def _manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bo
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else preserve, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+                                 item_handlers=handlers)
 
 
 class Checkpointer:
@@ -63,13 +65,13 @@ class Checkpointer:
         if step is None or step not in self.manager.all_steps():
             available = ", ".join(map(str, self.all_steps())) or "none"
             raise CheckpointError(f"no checkpoint for step {step} in {self.workdir} (available: {available})")
+        self._check_params(step, abstract_state.params)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as err:  # Orbax raises many types; all mean the same thing to the user
             raise CheckpointError(f"cannot restore step {step} from {self.workdir}: "
                                   f"{_first_line(err)}") from err
-        _check_shapes(restored["state"], abstract_state)
         return restored["state"], int(restored["data"]["batches"]), step
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
@@ -77,6 +79,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.workdir}")
+        self._check_params(step, abstract_params)
         target = {"params": abstract_params}
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -85,8 +88,22 @@ class Checkpointer:
         except Exception as err:
             raise CheckpointError(f"cannot restore params of step {step} from {self.workdir}: "
                                   f"{_first_line(err)}") from err
-        _check_shapes(restored["state"]["params"], abstract_params)
         return restored["state"]["params"]
+
+    def _check_params(self, step: int, abstract_params: Any) -> None:
+        """Raise CheckpointError naming the first parameter whose name or shape the model does not share."""
+        try:
+            stored = _shapes(self.manager.item_metadata(step)["state"]["params"])
+        except Exception as err:
+            raise CheckpointError(f"checkpoint step {step} in {self.workdir} is unreadable: "
+                                  f"{_first_line(err)}") from err
+        wanted = _shapes(abstract_params)
+        for name in sorted(set(stored) | set(wanted)):
+            if stored.get(name) != wanted.get(name):
+                have = stored.get(name, "missing")
+                raise CheckpointError(f"checkpoint parameter {name} is {have} but the model expects "
+                                      f"{wanted.get(name, 'no such parameter')}; {self.workdir} holds "
+                                      f"another model (use another --workdir)")
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
@@ -103,12 +120,8 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def _check_shapes(restored: Any, abstract: Any) -> None:
-    """Raise CheckpointError naming the first leaf whose shape differs from the model's."""
-    flat_r = jax.tree_util.tree_flatten_with_path(restored)[0]
-    flat_a = jax.tree.leaves(abstract)
-    for (path, got), want in zip(flat_r, flat_a):
-        if tuple(got.shape) != tuple(want.shape):
-            name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-            raise CheckpointError(f"checkpoint parameter {name} has shape {tuple(got.shape)} but the "
-                                  f"model expects {tuple(want.shape)}; the workdir holds another model")
+def _shapes(tree: Any) -> dict[str, tuple]:
+    """Parameter name ('layers/attn/w_q') -> shape, for arrays or their checkpoint metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+            for path, leaf in flat}

@@ -130,7 +130,7 @@ def make_train_step(family: types.ModuleType, model: nn.Module, tx: optax.Gradie
             weight = jnp.maximum(sums["weight_sum"], 1.0)
             grads = jax.tree.map(lambda g: g / weight, grads)
             loss = sums["loss_sum"] / weight
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,0 +1,141 @@
+"""Sharded training equals one-device training; params are really split; checkpoints move between meshes."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import models
+from zoo import checkpoint, config as config_lib, data, experiment, sharding, steps
+from zoo.tokenizer import Tokenizer
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8), (1, 8, 1)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [r["text"] for r in data.load_records("builtin", "train")[:300]]
+    return Tokenizer.train(texts, 512)
+
+
+def tiny_config(preset="gpt-tiny", **model):
+    family, model_cfg = models.preset(preset)
+    model_cfg = dataclasses.replace(model_cfg, **{"num_layers": 2, "d_model": 64, "num_heads": 8, "d_ff": 128, **model})
+    return config_lib.Config(
+        preset=preset, family=family.__name__.split(".")[-1], model=model_cfg,
+        data=config_lib.DataConfig(batch_size=8, seq_len=16),
+        optim=config_lib.OptimConfig(learning_rate=3e-3, warmup_steps=1),
+        train=config_lib.TrainConfig(steps=4))
+
+
+def build(cfg, tokenizer, mesh_shape):
+    devices = jax.devices()[: int(np.prod(mesh_shape))]
+    return experiment.build(cfg, None, tokenizer=tokenizer, mesh=sharding.make_mesh(*mesh_shape, devices=devices))
+
+
+def run_steps(exp, count=3):
+    train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
+    batches = exp.batches("train")
+    state, losses = exp.init_state(), []
+    with steps.on_mesh(exp.mesh):
+        for i in range(count):
+            state, m = train_step(state, data.to_global(batches.get(i), exp.layout.batch_shardings))
+            losses.append(float(m["loss"]))
+    return state, losses
+
+
+@pytest.fixture(scope="module")
+def reference(tokenizer):
+    return run_steps(build(tiny_config(), tokenizer, (1, 1, 1)))
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+def test_sharded_train_steps_match_one_device(mesh_shape, tokenizer, reference):
+    ref_state, ref_losses = reference
+    state, losses = run_steps(build(tiny_config(), tokenizer, mesh_shape))
+    # Tolerance: same math, different reduction order across shards (float32 sums of ~1e3 terms).
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
+    exp = build(tiny_config(), tokenizer, (2, 2, 2))
+    state = exp.init_state()
+    w_q = state.params["layers"]["attn"]["w_q"]  # [layers, embed, heads, kv]
+    assert w_q.sharding.spec == P(None, "fsdp", "tensor", None)
+    assert w_q.addressable_shards[0].data.shape == (2, 32, 4, 8)  # embed/2 (fsdp), heads/2 (tensor)
+    mu = state.opt_state[1][0].mu["layers"]["mlp"]["w_in"]  # Adam moment follows its param (ZeRO-3)
+    assert mu.sharding.spec == P(None, "fsdp", "tensor")
+    embedding = state.params["token_embed"]["embedding"]
+    assert embedding.sharding.spec == P("tensor", "fsdp")
+    # The compiled step keeps that layout: nothing is silently replicated.
+    train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
+    batch = data.to_global(exp.batches("train").get(0), exp.layout.batch_shardings)
+    with steps.on_mesh(exp.mesh):
+        compiled = train_step.lower(state, batch).compile()
+    out_state_shardings = compiled.output_shardings[0]
+    assert out_state_shardings.params["layers"]["attn"]["w_q"].spec == P(None, "fsdp", "tensor", None)
+    assert compiled.input_shardings[0][1]["inputs"].spec == P(("data", "fsdp"), None)
+
+
+def test_inspector_lists_every_param(tokenizer):
+    exp = build(tiny_config(), tokenizer, (2, 2, 2))
+    lines = sharding.describe(exp.layout.shardings.params, exp.layout.abstract.params)
+    assert len(lines) == len(jax.tree.leaves(exp.layout.abstract.params))
+    assert any("w_q" in line and "4x split" in line for line in lines)
+
+
+@pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 8), (1, 1, 1)])
+def test_checkpoint_restores_identically_on_another_mesh(target, tokenizer, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("ckpt"))
+    source = build(tiny_config(), tokenizer, (2, 2, 2))
+    state, _ = run_steps(source, 1)
+    saver = checkpoint.Checkpointer(workdir)
+    saver.save(1, state, 1)
+    saver.close()
+    other = build(tiny_config(), tokenizer, target)
+    restored, position, step = checkpoint.Checkpointer(workdir).restore(other.layout.abstract)
+    assert (position, step) == (1, 1)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert a.sharding.mesh.devices.size == int(np.prod(target))
+
+
+def test_restoring_another_models_checkpoint_names_the_parameter(tokenizer, tmp_path):
+    exp = build(tiny_config(), tokenizer, (1, 1, 1))
+    saver = checkpoint.Checkpointer(str(tmp_path))
+    saver.save(0, exp.init_state(), 0)
+    saver.close()
+    wider = build(tiny_config(d_ff=256), tokenizer, (1, 1, 1))
+    with pytest.raises(checkpoint.CheckpointError, match="mlp"):
+        checkpoint.Checkpointer(str(tmp_path)).restore(wider.layout.abstract)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tokenizer):
+    cfg = tiny_config()
+    accum = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_accum=4))
+    exp_one, exp_acc = build(cfg, tokenizer, (2, 1, 1)), build(accum, tokenizer, (2, 1, 1))
+    (s1, l1), (s4, l4) = run_steps(exp_one, 2), run_steps(exp_acc, 2)
+    np.testing.assert_allclose(l1, l4, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_non_finite_step_is_skipped_and_counted(tokenizer):
+    exp = build(tiny_config(), tokenizer, (1, 1, 1))
+    state = exp.init_state()
+    poisoned = state.params["layers"]["mlp"]["w_in"].at[0, 0, 0].set(np.nan)  # makes loss and grads NaN
+    state = state.replace(params={**state.params, "layers": {**state.params["layers"], "mlp": {
+        **state.params["layers"]["mlp"], "w_in": poisoned}}})
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
+    batches = exp.batches("train")
+    with steps.on_mesh(exp.mesh):
+        for i in range(2):
+            state, m = train_step(state, data.to_global(batches.get(i), exp.layout.batch_shardings))
+    assert int(m["skipped"]) == 1 and int(state.bad_steps) == 2 and int(state.step) == 2
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, np.asarray(b))  # unchanged, bit for bit (NaN == NaN here)
