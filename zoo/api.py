@@ -97,6 +97,9 @@ def create(preset: str, seed: int = 0, **model_overrides: Any) -> ZooModel:
 def load(workdir: str, step: int | None = None) -> ZooModel:
     """A trained model from a zoo workdir: its config, tokenizer and the params of `step` (default latest)."""
     cfg = experiment.load_config(workdir)
+    # Inference uses every device on `data`; the training batch size only has to fit that mesh.
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=jax.device_count()),
+                              optim=dataclasses.replace(cfg.optim, grad_accum=1))
     tokenizer_path = os.path.join(workdir, "tokenizer.model")
     tokenizer = Tokenizer.from_file(tokenizer_path) if os.path.exists(tokenizer_path) else None
     exp = experiment.build(cfg, workdir, tokenizer=tokenizer or experiment.NO_TOKENIZER,
