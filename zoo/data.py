@@ -73,8 +73,8 @@ def _jsonl_record(line: str, path: str, number: int) -> dict[str, str]:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{number} is not valid JSON ({err.msg})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return {"text": obj["text"]}
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):  # an optional class label rides along
+        return {"text": obj["text"], **({"label": str(obj["label"])} if "label" in obj else {})}
     if isinstance(obj, dict) and isinstance(obj.get("input"), str) and isinstance(obj.get("target"), str):
         return {"input": obj["input"], "target": obj["target"]}
     raise DataError(f"{path}:{number} needs a string field 'text', or 'input' and 'target'")
@@ -91,6 +91,7 @@ def _split_records(records: list[dict[str, str]], split: str, fraction: float, s
 def _read_tfds(name: str, split: str) -> list[dict[str, str]]:
     """Records of a TFDS dataset read through ArrayRecord (data_dir from $TFDS_DATA_DIR)."""
     import tensorflow_datasets as tfds  # heavy import, only for users of tfds sources
+    import tensorflow_datasets.text  # noqa: F401  (registers glue and the other text builders)
 
     tfds_split = {"train": "train", "validation": "validation"}[split]
     try:
@@ -136,17 +137,14 @@ class Batches:
     """
 
     def __init__(self, examples: Examples, batch_size: int, prepare: Callable[[Examples, np.random.Generator], dict],
-                 seed: int = 0, shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+                 seed: int = 0, shuffle: bool = True, local_rows: slice | None = None):
         self.examples = examples
         self.rows = len(next(iter(examples.values())))
-        if batch_size % process_count:
-            raise DataError(f"batch size {batch_size} does not divide over {process_count} processes")
         if self.rows < batch_size and shuffle:
             raise DataError(f"the data makes {self.rows} examples, fewer than one batch of {batch_size}; "
                             f"use more data or a smaller --batch-size")
         self.batch_size, self.prepare, self.seed, self.shuffle = batch_size, prepare, seed, shuffle
-        self.local = slice(process_index * batch_size // process_count,
-                           (process_index + 1) * batch_size // process_count)
+        self.local = slice(0, batch_size) if local_rows is None else local_rows  # this process's rows
 
     @property
     def batches_per_epoch(self) -> int:

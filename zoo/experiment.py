@@ -48,9 +48,9 @@ class Experiment:
         cfg = self.config
         records = self.records(split) if records is None else records
         examples = self.family.make_examples(records, cfg, self.tokenizer)
+        rows = sharding.process_rows(next(iter(self.layout.batch_shardings.values())), cfg.data.batch_size)
         return data.Batches(examples, cfg.data.batch_size, self.family.prepare_batch_fn(cfg, self.tokenizer),
-                            seed=cfg.train.seed, shuffle=split == "train",
-                            process_index=jax.process_index(), process_count=jax.process_count())
+                            seed=cfg.train.seed, shuffle=split == "train", local_rows=rows)
 
     def init_state(self) -> steps.TrainState:
         """A fresh, sharded train state."""

@@ -69,6 +69,18 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def process_rows(batch_sharding: NamedSharding, global_batch: int) -> slice:
+    """The contiguous rows of a global batch that this process's devices hold."""
+    indices = batch_sharding.addressable_devices_indices_map((global_batch,)).values()
+    starts = [i[0].start or 0 for i in indices]
+    stops = [global_batch if i[0].stop is None else i[0].stop for i in indices]
+    start, stop = min(starts), max(stops)
+    if stop - start != global_batch * len(batch_sharding.addressable_devices) // batch_sharding.mesh.size \
+            and batch_sharding.mesh.size > len(batch_sharding.addressable_devices):
+        raise ValueError("this process's devices do not hold a contiguous block of the batch")
+    return slice(start, stop)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Sharding of a fully replicated array (scalars, metrics)."""
     return NamedSharding(mesh, P())

@@ -48,12 +48,15 @@ def evaluate(exp: Experiment, params: Any, batches: data.Batches, max_batches: i
     count = batches.batches_per_epoch if max_batches <= 0 else min(max_batches, batches.batches_per_epoch)
     totals: dict[str, float] = {}
     with steps.on_mesh(exp.mesh):
-        pending = [eval_step(params, data.to_global(batches.get(i), exp.layout.batch_shardings))
-                   for i in range(count)]
-    for sums in jax.device_get(pending):
-        for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    return metrics_lib.summarize(totals)
+        for i in range(count):
+            # One step in flight at a time: on multi-process CPU runs, queued programs whose
+            # collectives interleave across devices can deadlock.
+            sums = jax.device_get(eval_step(params, data.to_global(batches.get(i), exp.layout.batch_shardings)))
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+    summary = metrics_lib.summarize(totals)
+    summary.update(getattr(exp.family, "summarize", lambda _: {})(totals))  # family extras, e.g. BERT's F1
+    return summary
 
 
 def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = False) -> steps.TrainState:
