@@ -1,0 +1,126 @@
+"""Typed configuration overrides, and the data path from sources to sharded batches."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import models
+from models import gpt
+from zoo import config as config_lib, data, optim
+
+
+def base():
+    return config_lib.Config(preset="gpt-tiny", family="gpt", model=gpt.PRESETS["gpt-tiny"])
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = config_lib.apply_overrides(base(), ["optim.learning_rate=3e-4", "model.num_layers=2",
+                                              "model.remat=dots", "model.use_bias=false"])
+    assert cfg.optim.learning_rate == 3e-4 and cfg.model.num_layers == 2
+    assert cfg.model.remat == "dots" and cfg.model.use_bias is False
+    for bad, message in [("optim.nope=1", "unknown config key"), ("model.num_layers=2.5", "expects int"),
+                         ("optim=1", "is a section"), ("optim.learning_rate", "key=value"),
+                         ("model.use_bias=maybe", "true or false"), ("family=bert", "cannot be overridden")]:
+        with pytest.raises(config_lib.ConfigError, match=message):
+            config_lib.apply_overrides(base(), [bad])
+
+
+def test_config_json_round_trip():
+    cfg = config_lib.apply_overrides(base(), ["train.steps=7", "mesh.fsdp=2"])
+    again = config_lib.from_dict(json.loads(config_lib.to_json(cfg)), gpt.Config)
+    assert again == cfg
+    raw = json.loads(config_lib.to_json(cfg))
+    raw["model"]["bogus"] = 1
+    with pytest.raises(config_lib.ConfigError, match="bogus"):
+        config_lib.from_dict(raw, gpt.Config)
+
+
+def test_every_preset_is_valid():
+    for name, (family_name, cfg) in models.PRESETS.items():
+        family = models.FAMILIES[family_name]
+        family.validate(cfg, 128)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = config_lib.OptimConfig(learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    schedule = optim.learning_rate_schedule(cfg, 100)
+    assert float(schedule(0)) == 0.0 and abs(float(schedule(10)) - 1.0) < 1e-6
+    assert abs(float(schedule(100)) - 0.1) < 1e-6
+    assert all(float(schedule(i)) >= float(schedule(i + 1)) for i in range(10, 100))
+
+
+def test_weight_decay_only_on_matrices():
+    params = {"layers": {"mlp": {"w_in": np.zeros((2, 4, 8)), "b_in": np.zeros((2, 8))}},
+              "final_norm": {"scale": np.zeros(4)}, "token_embed": {"embedding": np.zeros((10, 4))}}
+    mask = optim.decay_mask(params)
+    assert mask["layers"]["mlp"]["w_in"] and not mask["layers"]["mlp"]["b_in"]
+    assert not mask["final_norm"]["scale"] and mask["token_embed"]["embedding"]
+
+
+def rows_table(n=40, width=9):
+    return gpt.pack_documents([list(range(3, 3 + (i % 7) + 2)) for i in range(n * 2)], width - 1, eos_id=1)
+
+
+def test_batches_are_a_pure_function_of_the_index_and_split_across_processes():
+    table = rows_table()
+    whole = data.Batches(table, 8, gpt.prepare_batch, seed=3)
+    halves = [data.Batches(table, 8, gpt.prepare_batch, seed=3, local_rows=slice(i * 4, i * 4 + 4))
+              for i in range(2)]
+    for index in (0, 1, 7, 50):  # 50 lies in a later epoch
+        batch = whole.get(index)
+        np.testing.assert_array_equal(batch["inputs"], whole.get(index)["inputs"])
+        joined = np.concatenate([h.get(index)["inputs"] for h in halves])
+        np.testing.assert_array_equal(joined, batch["inputs"])
+    epoch = np.concatenate([whole.row_indices(i) for i in range(whole.batches_per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch)  # each row at most once per epoch
+
+
+def test_final_partial_eval_batch_is_padded_with_zero_weight():
+    table = rows_table(n=5)
+    rows = len(table["tokens"])
+    batches = data.Batches(table, 8, gpt.prepare_batch, shuffle=False)
+    last = batches.get(batches.batches_per_epoch - 1)
+    real = rows - 8 * (batches.batches_per_epoch - 1)
+    assert last["weights"][real:].sum() == 0 and last["weights"][:real].sum() > 0
+
+
+def test_text_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("first document\nwith two lines")
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n\n{"input": "q", "target": "a"}\n')
+    records = data.load_records(f"text:{tmp_path}/*", "train", valid_fraction=0.5) + data.load_records(
+        f"text:{tmp_path}/*", "validation", valid_fraction=0.5)
+    assert sorted(map(json.dumps, records)) == sorted(map(json.dumps, [
+        {"text": "first document\nwith two lines"}, {"text": "x"}, {"input": "q", "target": "a"}]))
+    (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
+    with pytest.raises(data.DataError, match="bad.jsonl:1"):
+        data.load_records(f"text:{tmp_path}/bad.jsonl", "train")
+
+
+def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    docs = [f"document number {i} about python" for i in range(30)]
+
+    class ZooLocalText(tfds.core.GeneratorBasedBuilder):
+        """Local text documents, built offline (the TFDS path users take with their own data)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(docs[:25]), "validation": self._generate_examples(docs[25:])}
+
+        def _generate_examples(self, items):
+            for i, text in enumerate(items):
+                yield i, {"text": text}
+
+    ZooLocalText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    train = data.load_records("tfds:zoo_local_text", "train")
+    assert sorted(r["text"] for r in train) == sorted(docs[:25])
+    assert len(data.load_records("tfds:zoo_local_text", "validation")) == 5
+    with pytest.raises(data.DataError, match="cannot open TFDS dataset"):
+        data.load_records("tfds:zoo_no_such_dataset", "train")
