@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli.user_errors():
         cli.init_distributed(args)
         cfg = cli.train_config(args)
-        exp = experiment.build(cfg, args.workdir)
+        exp = experiment.build(cfg, args.workdir, tokenizer=runs.init_from_tokenizer(args.workdir, args.init_from))
         experiment.save_config(exp.config, args.workdir)
         state, position = runs.restore_or_init(exp, init_from=args.init_from)
         state = trainer.fit(exp, state, position)

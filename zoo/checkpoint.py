@@ -81,14 +81,18 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {self.workdir}")
         self._check_params(step, abstract_params)
         target = {"params": abstract_params}
+        # The manager only knows the StandardCheckpointHandler the state was saved with, which cannot
+        # restore part of a tree; a PyTree checkpointer reads the same files and can.
+        path = os.path.join(str(self.manager.directory), str(step), "state")
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                             partial_restore=True)))
+            with ocp.PyTreeCheckpointer() as reader:
+                restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
         except Exception as err:
             raise CheckpointError(f"cannot restore params of step {step} from {self.workdir}: "
                                   f"{_first_line(err)}") from err
-        return restored["state"]["params"]
+        return restored["params"]
 
     def _check_params(self, step: int, abstract_params: Any) -> None:
         """Raise CheckpointError naming the first parameter whose name or shape the model does not share."""

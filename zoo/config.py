@@ -59,6 +59,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
     sample_tokens: int = 40  # length of the samples printed at the end
+    sample_temperature: float = 0.7  # 0 is greedy (which loops on small models)
+    sample_top_k: int = 40
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ EXCLUDED_DIRS = frozenset(
 SPLITS = ("train", "validation")
 
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_KINDS = {ast.Module: "module", ast.ClassDef: "class"}  # otherwise a (async) function or method
 
 
 def builtin_documents() -> list[str]:
@@ -41,11 +42,25 @@ def builtin_documents() -> list[str]:
     return list(_builtin_documents())
 
 
+def document_kinds() -> dict[str, str]:
+    """Where each builtin document comes from: "topic" (pydoc), or what owns the docstring: "module",
+    "class" or "function" (labels for fine-tuning tasks)."""
+    return dict(_builtin_sources())
+
+
 @functools.cache
 def _builtin_documents() -> tuple[str, ...]:
     # Cached as a tuple so callers that mutate the returned list cannot change the cache.
-    docs = [*_pydoc_topics(), *_stdlib_docstrings(sysconfig.get_paths()["stdlib"])]
-    return tuple(dict.fromkeys(docs))  # dicts keep insertion order: first occurrence wins
+    return tuple(doc for doc, _ in _builtin_sources())
+
+
+@functools.cache
+def _builtin_sources() -> tuple[tuple[str, str], ...]:
+    pairs = [*((t, "topic") for t in _pydoc_topics()), *_stdlib_docstrings(sysconfig.get_paths()["stdlib"])]
+    first: dict[str, str] = {}
+    for doc, kind in pairs:  # dicts keep insertion order: first occurrence wins
+        first.setdefault(doc, kind)
+    return tuple(first.items())
 
 
 def _pydoc_topics() -> list[str]:
@@ -54,7 +69,7 @@ def _pydoc_topics() -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-def _stdlib_docstrings(root: str) -> Iterator[str]:
+def _stdlib_docstrings(root: str) -> Iterator[tuple[str, str]]:
     for path in _python_files(root):
         yield from _file_docstrings(path)
 
@@ -69,7 +84,7 @@ def _python_files(root: str) -> Iterator[str]:
                 yield os.path.join(dirpath, name)
 
 
-def _file_docstrings(path: str) -> list[str]:
+def _file_docstrings(path: str) -> list[tuple[str, str]]:
     try:
         with open(path, "rb") as f:
             source = f.read()
@@ -85,7 +100,7 @@ def _file_docstrings(path: str) -> list[str]:
             if doc is not None:
                 doc = inspect.cleandoc(doc)
                 if len(doc) >= MIN_DOCSTRING_CHARS:
-                    docs.append(doc)
+                    docs.append((doc, _KINDS.get(type(node), "function")))
     return docs
 
 

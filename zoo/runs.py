@@ -59,6 +59,18 @@ def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
     return traverse.unflatten_dict(flat_fresh)
 
 
+def init_from_tokenizer(workdir: str, init_from: str | None) -> Tokenizer | None:
+    """--init-from's tokenizer, saved into a workdir that has none (fine-tuning must keep the pretrained
+    vocabulary, whatever text it sees); None when there is no --init-from or the workdir has its own."""
+    if not init_from or os.path.exists(os.path.join(workdir, data.TOKENIZER_FILE)):
+        return None
+    tokenizer = workdir_tokenizer(init_from)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer.save(os.path.join(workdir, data.TOKENIZER_FILE))
+    return tokenizer
+
+
 def workdir_tokenizer(workdir: str) -> Tokenizer:
     """The tokenizer saved in a workdir."""
     path = os.path.join(workdir, data.TOKENIZER_FILE)
@@ -89,7 +101,9 @@ def report(exp: Experiment, params: Any, step: int | None = None, samples: int =
     texts: list[dict[str, str]] = []
     if samples > 0 and hasattr(exp.family, "generate"):
         prompts = [exp.tokenizer.decode(p) for p in trainer.sample_prompts(exp, samples)]
-        outputs = exp.family.generate(exp.model, params, exp.tokenizer, prompts, exp.config.train.sample_tokens)
+        t = exp.config.train
+        outputs = exp.family.generate(exp.model, params, exp.tokenizer, prompts, t.sample_tokens,
+                                      temperature=t.sample_temperature, top_k=t.sample_top_k, seed=t.seed)
         texts = [{"prompt": p, "continuation": o} for p, o in zip(prompts, outputs)]
     if jax.process_index() == 0:
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())

@@ -1,0 +1,537 @@
+"""BERT: a bidirectional transformer encoder pretrained by masked language modelling (+ NSP).
+
+BERT (Devlin et al., 2019) is post-norm, with learned absolute positions, token-type (segment A/B)
+embeddings, LayerNorm (eps 1e-12), exact (erf) GELU and biases everywhere. It pretrains on masked
+LM — 15% of the non-special tokens are predicted; 80% of those are replaced by [MASK], 10% by a
+random token, 10% kept — plus next-sentence prediction on [CLS] A [SEP] B [SEP] pairs. The
+RoBERTa-style presets (Liu et al., 2019) drop NSP and token types, redraw the mask every time a row
+is seen (dynamic masking) and number positions from `position_offset` = 2 as Hugging Face's RoBERTa
+does (its padding id 1, plus one), which is why their position table has 514 rows.
+
+One parameter tree for every task, so `--init-from` a pretraining workdir carries the encoder
+(and the pooler, when both have one) into a fine-tuning run and only new heads start fresh:
+
+    token_embed/embedding [V, D]   pos_embed [max_len, D]   type_embed [T, D]   embed_norm/*
+    layers/{attn, attn_norm, mlp, mlp_norm}/*     stacked over N by nn.scan
+    pooler/{w, b}      tanh(dense([CLS]))          pretrain with NSP, classify
+    nsp/{w, b}         NSP logits from the pooler  pretrain with NSP
+    mlm/{dense, norm, bias}  MLM transform; the decoder is tied to token_embed   pretrain
+    classifier/{w, b}  sequence (classify) or per-token (tag) logits
+
+A batch has the same keys for every task (see `init_batch`): token-level targets at
+`target_positions` (the masked slots for MLM, every position for tagging) and one sequence-level
+label per row (NSP's is-random-next, or the class). Host-side data (examples, masking, the default
+fine-tuning tasks, Hugging Face tokenizers) lives in `models.bert_tasks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import bert_tasks
+from models.bert_tasks import make_examples, prepare_batch_fn  # noqa: F401  (family interface)
+from zoo import layers, losses
+from zoo.config import OptimConfig
+
+TASKS = ("pretrain", "classify", "tag")
+HF_MODEL_TYPES = ("bert", "roberta")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(layers.TransformerConfig):
+    """BERT shape and objective: the shared transformer fields plus vocabulary, positions, types and task."""
+
+    num_layers: int = 2
+    d_model: int = 128
+    num_heads: int = 2
+    d_ff: int = 512
+    norm_eps: float = 1e-12
+    pre_norm: bool = False  # post-norm residual blocks, as in BERT
+    activation: str = "gelu"  # exact erf GELU, as in BERT
+    dropout: float = 0.1
+    vocab_size: int = 30522
+    max_len: int = 512  # rows of the position table
+    type_vocab_size: int = 2  # segment A/B; 1 for RoBERTa (a single, always-0 type)
+    position_offset: int = 0  # 2 for RoBERTa: positions count non-padding tokens from here
+    task: str = "pretrain"  # pretrain (MLM [+ NSP]) | classify (per sequence) | tag (per token)
+    num_labels: int = 2  # classes of the classify / tag heads
+    nsp: bool = True  # pretrain with next-sentence prediction as well (BERT; not RoBERTa)
+    mlm_probability: float = 0.15  # share of non-special tokens predicted in each row
+    dynamic_masking: bool = False  # True: new mask each time a row is seen; False: one mask per row
+
+
+def _bert(num_layers: int, d_model: int, num_heads: int) -> Config:
+    return Config(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=4 * d_model)
+
+
+def _roberta(num_layers: int, d_model: int, num_heads: int) -> Config:
+    return Config(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=4 * d_model,
+                  vocab_size=50265, max_len=514, type_vocab_size=1, position_offset=2, nsp=False,
+                  dynamic_masking=True)
+
+
+PRESETS: dict[str, Config] = {  # Turc et al. (2019) for tiny...medium; Devlin et al. base/large
+    "bert-tiny": _bert(2, 128, 2),
+    "bert-mini": _bert(4, 256, 4),
+    "bert-small": _bert(4, 512, 8),
+    "bert-medium": _bert(8, 512, 8),
+    "bert-base": _bert(12, 768, 12),
+    "bert-large": _bert(24, 1024, 16),
+    "roberta-base": _roberta(12, 768, 12),
+    "roberta-large": _roberta(24, 1024, 16),
+}
+
+
+class Dense(nn.Module):
+    """`x @ w + b` over the last axis, for the small heads; logits come out in float32."""
+
+    features: int
+    cfg: Config
+    axes: tuple = ("embed", None)
+
+    @nn.compact
+    def __call__(self, x_BxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        w_DC = layers.param_with_axes(self, "w", nn.initializers.normal(0.02),
+                                      (x_BxD.shape[-1], self.features), self.axes, cfg)
+        b_C = layers.param_with_axes(self, "b", nn.initializers.zeros, (self.features,), self.axes[1:], cfg)
+        y = jnp.einsum("...D,DC->...C", x_BxD, w_DC.astype(x_BxD.dtype), preferred_element_type=jnp.float32)
+        return y + b_C
+
+
+def default_positions(segments_BL: jax.Array, offset: int) -> jax.Array:
+    """Position ids: 0..L-1 (BERT), or with an offset the RoBERTa rule — real tokens count up from
+    `offset` and padding sits at `offset - 1` (Hugging Face's padding_idx)."""
+    if offset == 0:
+        return jnp.broadcast_to(jnp.arange(segments_BL.shape[1]), segments_BL.shape)
+    real_BL = (segments_BL > 0).astype(jnp.int32)
+    return jnp.cumsum(real_BL, axis=1) * real_BL + offset - 1
+
+
+class Model(nn.Module):
+    """The encoder plus the heads of `cfg.task`; returns a dict of float32 logits.
+
+    `__call__(tokens_BL, segments_BL=None, positions_BL=None, token_types_BL=None, *,
+    target_positions_BP=None, deterministic=True)`:
+      segments_BL   1 for real tokens, 0 for padding (Hugging Face's attention_mask); default all 1.
+      positions_BL  default `default_positions(segments_BL, cfg.position_offset)`.
+      token_types_BL  segment A/B ids (Hugging Face's token_type_ids); default all 0.
+      target_positions_BP  positions whose token-level logits are wanted (the masked slots while
+                    pretraining, which saves the [B, L, V] projection); default every position.
+    Returns pretrain: {"mlm_logits": [B, P|L, V], "nsp_logits": [B, 2] (with NSP)};
+    classify: {"logits": [B, num_labels]}; tag: {"logits": [B, P|L, num_labels]}.
+    """
+
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, tokens_BL: jax.Array, segments_BL: jax.Array | None = None,
+                 positions_BL: jax.Array | None = None, token_types_BL: jax.Array | None = None, *,
+                 target_positions_BP: jax.Array | None = None, deterministic: bool = True) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        if segments_BL is None:
+            segments_BL = jnp.ones_like(tokens_BL)
+        if positions_BL is None:
+            positions_BL = default_positions(segments_BL, cfg.position_offset)
+        if token_types_BL is None:
+            token_types_BL = jnp.zeros_like(tokens_BL)
+        embed = layers.Embed(cfg.vocab_size, cfg, name="token_embed")
+        init = nn.initializers.normal(0.02)
+        pos_PD = layers.param_with_axes(self, "pos_embed", init, (cfg.max_len, cfg.d_model), (None, "embed"), cfg)
+        type_TD = layers.param_with_axes(self, "type_embed", init, (cfg.type_vocab_size, cfg.d_model),
+                                         (None, "embed"), cfg)
+        x_BLD = embed(tokens_BL)
+        x_BLD += jnp.take(pos_PD, positions_BL, axis=0).astype(x_BLD.dtype)
+        x_BLD += jnp.take(type_TD, token_types_BL, axis=0).astype(x_BLD.dtype)
+        x_BLD = layers.Norm(cfg, name="embed_norm")(x_BLD)  # BERT normalises the summed embeddings
+        x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+        x_BLD = layers.constrain(x_BLD, ("batch", "length", "embed"))
+        blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers)
+        x_BLD, _ = blocks(cfg, causal=False, deterministic=deterministic, name="layers")(
+            x_BLD, segments_BL, positions_BL)
+        return self._heads(embed, x_BLD, target_positions_BP, deterministic)
+
+    def _heads(self, embed: layers.Embed, x_BLD: jax.Array, target_positions_BP: jax.Array | None,
+               deterministic: bool) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout)
+        if target_positions_BP is not None:  # token-level heads only where targets are
+            x_BPD = jnp.take_along_axis(x_BLD, target_positions_BP[..., None], axis=1)
+        else:
+            x_BPD = x_BLD
+        out = {}
+        if cfg.task == "classify" or (cfg.task == "pretrain" and cfg.nsp):
+            pooled_BD = jnp.tanh(Dense(cfg.d_model, cfg, name="pooler")(x_BLD[:, 0])).astype(x_BLD.dtype)
+            if cfg.task == "pretrain":
+                out["nsp_logits"] = Dense(2, cfg, name="nsp")(pooled_BD)
+            else:
+                pooled_BD = drop(pooled_BD, deterministic=deterministic)
+                out["logits"] = Dense(cfg.num_labels, cfg, name="classifier")(pooled_BD)
+        if cfg.task == "pretrain":
+            out["mlm_logits"] = MlmHead(cfg, name="mlm")(x_BPD, embed)
+        elif cfg.task == "tag":
+            out["logits"] = Dense(cfg.num_labels, cfg, name="classifier")(drop(x_BPD, deterministic=deterministic))
+        return out
+
+
+class MlmHead(nn.Module):
+    """dense -> activation -> LayerNorm -> logits through the (tied) token embedding + an output bias."""
+
+    cfg: Config
+
+    @nn.compact
+    def __call__(self, x_BPD: jax.Array, embed: layers.Embed) -> jax.Array:
+        cfg = self.cfg
+        h_BPD = Dense(cfg.d_model, cfg, name="dense")(x_BPD).astype(x_BPD.dtype)
+        h_BPD = layers.Norm(cfg, name="norm")(layers.ACTIVATIONS[cfg.activation](h_BPD))
+        bias_V = layers.param_with_axes(self, "bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), cfg)
+        return embed.attend(h_BPD) + bias_V
+
+
+def validate(cfg: Config, seq_len: int) -> None:
+    """Raise ValueError with one line if the config cannot run at `seq_len`."""
+    if cfg.d_model % cfg.num_heads and not cfg.head_dim:
+        raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
+    if cfg.task not in TASKS:
+        raise ValueError(f"model.task must be one of {', '.join(TASKS)}, not {cfg.task!r}")
+    if cfg.position != "learned":
+        raise ValueError(f"BERT uses learned positions, not {cfg.position!r}")
+    if seq_len + cfg.position_offset > cfg.max_len:
+        raise ValueError(f"seq_len {seq_len} (+ position offset {cfg.position_offset}) exceeds the model's "
+                         f"max_len {cfg.max_len}; lower --seq-len or set model.max_len")
+    if seq_len < 8:
+        raise ValueError(f"seq_len {seq_len} is too short for [CLS] ... [SEP] rows; use at least 8")
+    if cfg.task in ("classify", "tag") and cfg.num_labels < 2:
+        raise ValueError(f"model.num_labels must be at least 2 for task {cfg.task}, got {cfg.num_labels}")
+    if cfg.task == "pretrain" and cfg.nsp and cfg.type_vocab_size < 2:
+        raise ValueError("next-sentence prediction needs model.type_vocab_size >= 2 (segments A and B)")
+    if not 0.0 < cfg.mlm_probability < 1.0:
+        raise ValueError(f"model.mlm_probability must be in (0, 1), got {cfg.mlm_probability}")
+
+
+def sentinels(cfg: Config) -> int:
+    """Ids reserved at the top of a trained tokenizer: [CLS], [SEP], [MASK] (see bert_tasks.special_ids)."""
+    del cfg
+    return len(bert_tasks.SPECIAL_NAMES)
+
+
+def train_defaults() -> dict[str, Any]:
+    """BERT's AdamW settings (weight decay 0.01, beta2 0.999, eps 1e-6), at a peak rate for small models."""
+    return {"optim": OptimConfig(learning_rate=5e-4, weight_decay=0.01, b2=0.999, eps=1e-6)}
+
+
+def init_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+    """A batch of the right keys, shapes and dtypes (pretraining's), for shape inference and init."""
+    P = bert_tasks.num_predictions(seq_len, 0.15)
+    ones = np.ones((batch_size, seq_len), np.int32)
+    return {"inputs": ones, "segments": ones, "token_types": np.zeros_like(ones),
+            "target_positions": np.zeros((batch_size, P), np.int32), "targets": np.zeros((batch_size, P), np.int32),
+            "weights": np.ones((batch_size, P), np.float32),
+            "labels": np.zeros((batch_size,), np.int32), "label_weights": np.ones((batch_size,), np.float32)}
+
+
+def init_params(model: Model, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
+    """Initial (boxed, logically partitioned) params."""
+    return model.init(rng, batch["inputs"], batch["segments"], None, batch["token_types"],
+                      target_positions_BP=batch["target_positions"])["params"]
+
+
+def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+              train: bool) -> dict[str, jax.Array]:
+    """Summed losses and counts; the train objective is loss_sum / weight_sum.
+
+    pretrain: weight_sum counts masked tokens, and each row adds its NSP loss once per masked token
+    it holds, so loss_sum / weight_sum = mean MLM loss + NSP loss averaged over rows weighted by
+    their masked-token count (~ BERT's sum of the two batch means, and exact over micro-batches).
+    classify / tag: cross-entropy per example / per labelled token, plus a confusion matrix
+    (`confusion_{true}_{pred}_sum`) from which `summarize` gives F1 and Matthews correlation.
+    """
+    cfg = model.cfg
+    out = model.apply({"params": params}, batch["inputs"], batch["segments"], None, batch["token_types"],
+                      target_positions_BP=batch["target_positions"], deterministic=not train,
+                      rngs={"dropout": dropout_rng})
+    if cfg.task == "classify":
+        logits, targets, weights = out["logits"][:, None], batch["labels"][:, None], batch["label_weights"][:, None]
+        return {**losses.cross_entropy_sums(logits, targets, weights), **_confusion(logits, targets, weights)}
+    if cfg.task == "tag":
+        logits, targets, weights = out["logits"], batch["targets"], batch["weights"]
+        return {**losses.cross_entropy_sums(logits, targets, weights), **_confusion(logits, targets, weights)}
+    mlm = losses.cross_entropy_sums(out["mlm_logits"], batch["targets"], batch["weights"])
+    sums = {**mlm, "mlm_loss_sum": mlm["loss_sum"], "mlm_correct_sum": mlm["correct_sum"],
+            "mlm_count": mlm["weight_sum"]}
+    if cfg.nsp:
+        nsp_logits, labels, label_weights = out["nsp_logits"][:, None], batch["labels"][:, None], batch["label_weights"]
+        nsp = losses.cross_entropy_sums(nsp_logits, labels, label_weights[:, None])
+        per_masked = losses.cross_entropy_sums(nsp_logits, labels, (label_weights * batch["weights"].sum(-1))[:, None])
+        sums.update(loss_sum=mlm["loss_sum"] + per_masked["loss_sum"], nsp_loss_sum=nsp["loss_sum"],
+                    nsp_correct_sum=nsp["correct_sum"], nsp_count=nsp["weight_sum"])
+    return sums
+
+
+def _confusion(logits_BxC: jax.Array, targets_Bx: jax.Array, weights_Bx: jax.Array) -> dict[str, jax.Array]:
+    """Weighted confusion-matrix cells as scalar sums (they add over batches and hosts)."""
+    C = logits_BxC.shape[-1]
+    true_BxC = jax.nn.one_hot(targets_Bx, C) * weights_Bx[..., None].astype(jnp.float32)
+    pred_BxC = jax.nn.one_hot(jnp.argmax(logits_BxC, axis=-1), C)
+    cm_CC = jnp.einsum("...t,...p->tp", true_BxC, pred_BxC)
+    return {f"confusion_{t}_{p}_sum": cm_CC[t, p] for t in range(C) for p in range(C)}
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Family metrics from summed eval metrics: MLM/NSP losses, and F1 + Matthews correlation.
+
+    Binary tasks report the F1 of class 1 (GLUE's convention); more classes report macro F1. The
+    Matthews correlation is the multi-class form (Gorodkin 2004), equal to the usual one for 2 classes.
+    """
+    out: dict[str, float] = {}
+    if sums.get("mlm_count"):
+        out["mlm_loss"] = sums["mlm_loss_sum"] / sums["mlm_count"]
+        out["perplexity"] = math.exp(min(out["mlm_loss"], 700.0))  # of the MLM alone, not of MLM + NSP
+    if sums.get("nsp_count"):
+        out["nsp_loss"] = sums["nsp_loss_sum"] / sums["nsp_count"]
+    cells = {tuple(map(int, k.split("_")[1:3])): v for k, v in sums.items() if k.startswith("confusion_")}
+    if cells:
+        C = 1 + max(max(k) for k in cells)
+        cm = np.zeros((C, C))
+        for (t, p), v in cells.items():
+            cm[t, p] = v
+        out.update(classification_metrics(cm))
+    return out
+
+
+def classification_metrics(cm_CC: np.ndarray) -> dict[str, float]:
+    """F1 (class 1 if binary, else macro) and Matthews correlation from a [true, pred] confusion matrix."""
+    tp = np.diag(cm_CC)
+    precision_denominator, recall_denominator = cm_CC.sum(0), cm_CC.sum(1)
+    f1 = np.where(precision_denominator + recall_denominator > 0,
+                  2 * tp / np.maximum(precision_denominator + recall_denominator, 1e-12), 0.0)
+    n, correct = cm_CC.sum(), tp.sum()
+    t_k, p_k = recall_denominator, precision_denominator
+    cov_tp = correct * n - (t_k * p_k).sum()
+    denominator = math.sqrt(max(n * n - (p_k * p_k).sum(), 0.0) * max(n * n - (t_k * t_k).sum(), 0.0))
+    return {"f1": float(f1[1] if len(f1) == 2 else f1.mean()),
+            "mcc": float(cov_tp / denominator) if denominator > 0 else 0.0}
+
+
+def num_params(cfg: Config) -> int:
+    """Parameter count from shapes alone."""
+    shapes = jax.eval_shape(lambda: init_params(Model(cfg), jax.random.key(0),
+                                                jax.tree.map(jnp.asarray, init_batch(1, 8))))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+
+
+def flops_per_token(cfg: Config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * (encoder matmul params + head matmul params per token) + 12 * N * H * K * L.
+
+    Encoder matmuls: N * (4 * D * H * K + 2 * D * F) (3 * D * F when gated). The MLM head (a D x D
+    transform and the D x V tied decoder) runs only on the ceil(p * L) masked slots of a row, so it
+    counts (D^2 + D * V) * ceil(p * L) / L per token; the tagging head D * C per token; the pooler
+    and classifier (D^2 + 2 D) per row, i.e. / L. The last term is bidirectional attention scores and
+    weighted values, forward and backward, over the full L x L grid.
+    """
+    D, F, H, K, N, L = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.head_size, cfg.num_layers, seq_len
+    body = N * (4 * D * H * K + D * F * (3 if cfg.gated_mlp else 2))
+    if cfg.task == "pretrain":
+        head = (D * D + D * cfg.vocab_size) * bert_tasks.num_predictions(L, cfg.mlm_probability) / L
+        head += (D * D + 2 * D) / L if cfg.nsp else 0.0
+    elif cfg.task == "tag":
+        head = D * cfg.num_labels
+    else:
+        head = (D * D + D * cfg.num_labels) / L
+    return 6.0 * (body + head) + 12.0 * N * H * K * L
+
+
+# ---- Hugging Face mapping -------------------------------------------------------------------------
+# HF Linear weights are [out, in]; ours are [in, out] with heads split out of the attention widths.
+
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                   "silu": "silu", "swish": "silu"}
+
+
+def config_from_hf(hf: dict[str, Any]) -> Config:
+    """Our Config from a Hugging Face BERT or RoBERTa config.json dict."""
+    model_type = hf.get("model_type", "bert")
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"not a BERT/RoBERTa config: model_type {model_type!r}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"only absolute position embeddings are supported, not {hf['position_embedding_type']!r}")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _HF_ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not supported; use one of {', '.join(_HF_ACTIVATIONS)}")
+    archs = hf.get("architectures") or []
+    task = "pretrain"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        task = "classify"
+    elif any(a.endswith("ForTokenClassification") for a in archs):
+        task = "tag"
+    nsp = model_type == "bert" and (not archs or any(a in ("BertForPreTraining", "BertForNextSentencePrediction")
+                                                     for a in archs))
+    roberta = model_type == "roberta"
+    return Config(
+        num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], num_heads=hf["num_attention_heads"],
+        d_ff=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12), activation=_HF_ACTIVATIONS[act],
+        dropout=hf.get("hidden_dropout_prob", 0.1), vocab_size=hf["vocab_size"],
+        max_len=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
+        position_offset=hf.get("pad_token_id", 1) + 1 if roberta else 0, task=task,
+        num_labels=len(hf.get("id2label") or {0: 0, 1: 1}), nsp=nsp, dynamic_masking=roberta)
+
+
+def config_to_hf(cfg: Config) -> dict[str, Any]:
+    """A Hugging Face config.json dict (BertForPreTraining / BertForMaskedLM / RobertaForMaskedLM / *ForSequence-
+    or *ForTokenClassification, by task) for our Config."""
+    roberta = cfg.position_offset > 0
+    prefix = "Roberta" if roberta else "Bert"
+    head = {"classify": "ForSequenceClassification", "tag": "ForTokenClassification"}.get(
+        cfg.task, "ForPreTraining" if cfg.nsp and not roberta else "ForMaskedLM")
+    act = {v: k for k, v in reversed(list(_HF_ACTIVATIONS.items()))}[cfg.activation]
+    out = {"architectures": [prefix + head], "model_type": "roberta" if roberta else "bert",
+           "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.num_layers,
+           "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.d_ff, "hidden_act": act,
+           "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
+           "max_position_embeddings": cfg.max_len, "type_vocab_size": cfg.type_vocab_size,
+           "layer_norm_eps": cfg.norm_eps, "initializer_range": 0.02, "position_embedding_type": "absolute",
+           "pad_token_id": cfg.position_offset - 1 if roberta else 0, "tie_word_embeddings": True,
+           "torch_dtype": "float32"}
+    if roberta:
+        out.update(bos_token_id=0, eos_token_id=2)
+    if cfg.task != "pretrain":
+        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+        out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+    return out
+
+
+def _hf_table(cfg: Config) -> tuple[list[tuple[str, tuple, str]], list[tuple[str, tuple, str]]]:
+    """(global, per-layer) lists of (HF name, our param path, layout) for this config's param tree."""
+    roberta = cfg.position_offset > 0
+    p = "roberta" if roberta else "bert"
+
+    def pair(hf: str, ours: tuple, w: str = "w", b: str = "b", layout: str = "linear") -> list:
+        return [(f"{hf}.weight", (*ours, w), layout), (f"{hf}.bias", (*ours, b), "heads" if layout == "in_heads"
+                                                        else "copy")]
+
+    def norm(hf: str, ours: tuple) -> list:
+        return pair(hf, ours, "scale", "bias", "copy")
+
+    glob = [(f"{p}.embeddings.{hf}_embeddings.weight", ours, "copy") for hf, ours in
+            (("word", ("token_embed", "embedding")), ("position", ("pos_embed",)), ("token_type", ("type_embed",)))]
+    glob += norm(f"{p}.embeddings.LayerNorm", ("embed_norm",))
+    layer = [e for n in ("query", "key", "value")
+             for e in pair(f"attention.self.{n}", ("attn",), f"w_{n[0]}", f"b_{n[0]}", "in_heads")]
+    layer += pair("attention.output.dense", ("attn",), "w_o", "b_o", "out_heads")
+    layer += norm("attention.output.LayerNorm", ("attn_norm",)) + norm("output.LayerNorm", ("mlp_norm",))
+    layer += pair("intermediate.dense", ("mlp",), "w_in", "b_in") + pair("output.dense", ("mlp",), "w_out", "b_out")
+    if cfg.task == "pretrain":
+        if cfg.nsp:
+            glob += pair(f"{p}.pooler.dense", ("pooler",)) + pair("cls.seq_relationship", ("nsp",))
+        head = "lm_head" if roberta else "cls.predictions"
+        glob += pair("lm_head.dense" if roberta else "cls.predictions.transform.dense", ("mlm", "dense"))
+        glob += norm("lm_head.layer_norm" if roberta else "cls.predictions.transform.LayerNorm", ("mlm", "norm"))
+        glob += [(f"{head}.bias", ("mlm", "bias"), "copy")]
+    elif cfg.task == "classify" and roberta:  # RoBERTa's head: dense + tanh on <s>, then out_proj
+        glob += pair("classifier.dense", ("pooler",)) + pair("classifier.out_proj", ("classifier",))
+    elif cfg.task == "classify":
+        glob += pair(f"{p}.pooler.dense", ("pooler",)) + pair("classifier", ("classifier",))
+    else:
+        glob += pair("classifier", ("classifier",))
+    return glob, [(f"{p}.encoder.layer.{{i}}.{name}", ours, layout) for name, ours, layout in layer]
+
+
+def _from_hf_layout(x: np.ndarray, layout: str, cfg: Config) -> np.ndarray:
+    H, K = cfg.num_heads, cfg.head_size
+    if layout == "linear":
+        return x.T
+    if layout == "in_heads":  # [H*K, D] -> [D, H, K]
+        return x.T.reshape(x.shape[1], H, K)
+    if layout == "heads":
+        return x.reshape(H, K)
+    if layout == "out_heads":  # [D, H*K] -> [H, K, D]
+        return x.T.reshape(H, K, x.shape[0])
+    return x
+
+
+def _to_hf_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "linear":
+        return x.T
+    if layout == "in_heads":
+        return x.reshape(x.shape[0], -1).T
+    if layout == "heads":
+        return x.reshape(-1)
+    if layout == "out_heads":
+        return x.reshape(-1, x.shape[-1]).T
+    return x
+
+
+def _normalise_hf_names(tensors: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Accept checkpoints saved from the bare encoder (no `bert.` prefix) and TF-era LayerNorm gamma/beta."""
+    prefix = "roberta." if cfg.position_offset > 0 else "bert."
+    out = {}
+    for name, value in tensors.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[prefix + name if name.startswith(("embeddings.", "encoder.", "pooler.")) else name] = value
+    return out
+
+
+def params_from_hf(tensors: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Our nested params (float32 numpy) from a Hugging Face state dict (names as in `BertForPreTraining`,
+    `RobertaForMaskedLM` or the classification models); tensors the config does not use are ignored."""
+    from zoo.convert import ConversionError, take
+
+    tensors = _normalise_hf_names(tensors, cfg)
+    glob, layer = _hf_table(cfg)
+    wanted = [n for n, _, _ in glob] + [n.format(i=i) for n, _, _ in layer for i in range(cfg.num_layers)]
+    missing = [n for n in wanted if n not in tensors]
+    if missing:
+        hint = "; set model.nsp=false for a checkpoint without an NSP head" if any(
+            "seq_relationship" in n for n in missing) else ""
+        raise ConversionError(f"the checkpoint lacks {len(missing)} tensors this config needs, "
+                              f"e.g. {missing[0]!r}{hint}")
+    params: dict[str, Any] = {}
+
+    def put(path: tuple, value: np.ndarray) -> None:
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+
+    for name, path, layout in glob:
+        put(path, _from_hf_layout(take(tensors, name), layout, cfg))
+    for name, path, layout in layer:
+        put(("layers", *path), np.stack([_from_hf_layout(take(tensors, name.format(i=i)), layout, cfg)
+                                         for i in range(cfg.num_layers)]))
+    return params
+
+
+def params_to_hf(params: dict[str, Any], cfg: Config) -> dict[str, np.ndarray]:
+    """A Hugging Face state dict (float32 numpy, contiguous) for our params; tied decoder weights are left
+    out, as `save_pretrained` does, and `from_pretrained` ties them back."""
+    glob, layer = _hf_table(cfg)
+
+    def get(path: tuple) -> np.ndarray:
+        node = params
+        for key in path:
+            node = node[key]
+        return np.asarray(node, np.float32)
+
+    out = {name: _to_hf_layout(get(path), layout) for name, path, layout in glob}
+    for name, path, layout in layer:
+        stacked = get(("layers", *path))
+        out.update({name.format(i=i): _to_hf_layout(stacked[i], layout) for i in range(cfg.num_layers)})
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def logits(model: Model, params: Any, input_ids: Any, attention_mask: Any = None,
+           token_type_ids: Any = None) -> jax.Array:
+    """Hugging Face-style call: MLM logits [B, L, V] when pretraining, else the task head's logits
+    ([B, num_labels] for classify, [B, L, num_labels] for tag); mask 0 marks padding."""
+    ids = jnp.asarray(input_ids, jnp.int32)
+    mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    types = None if token_type_ids is None else jnp.asarray(token_type_ids, jnp.int32)
+    out = model.apply({"params": params}, ids, mask, None, types)
+    return out["mlm_logits"] if model.cfg.task == "pretrain" else out["logits"]
