@@ -53,7 +53,9 @@ class Specials:
 
 def special_ids(tokenizer: Any) -> Specials:
     """[CLS]/[SEP]/[MASK]/pad ids: an HFTokenizer's own, else the top three reserved ids of a zoo tokenizer."""
-    if hasattr(tokenizer, "cls_id"):
+    if hasattr(tokenizer, "cls_id"):  # a Hugging Face tokenizer: its own named specials
+        if None in (tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id):
+            raise DataError("the tokenizer has no [CLS]/[SEP]/[MASK] tokens, which BERT needs")
         return Specials(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.pad_id)
     if tokenizer.num_sentinels < len(SPECIAL_NAMES):
         raise DataError(f"the tokenizer reserves {tokenizer.num_sentinels} top ids but BERT needs "
@@ -347,108 +349,4 @@ def mask_tokens(tokens_BL: np.ndarray, specials: np.ndarray, mask_id: int, ordin
     np.put_along_axis(inputs_BL, positions_BP, np.where(chosen_BP, replacement_BP, targets_BP), axis=1)
     return {"inputs": inputs_BL.astype(np.int32), "target_positions": positions_BP,
             "targets": np.where(chosen_BP, targets_BP, 0).astype(np.int32), "weights": chosen_BP.astype(np.float32)}
-
-
-# ---- Hugging Face tokenizers ---------------------------------------------------------------------
-
-_SPECIAL_CANDIDATES = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "mask": ("[MASK]", "<mask>"),
-                       "pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>")}
-
-
-class HFTokenizer:
-    """A Hugging Face `tokenizers` tokenizer (BERT WordPiece `vocab.txt`, or any `tokenizer.json`) with the
-    methods of zoo.tokenizer.Tokenizer, so converted checkpoints tokenize exactly like the originals.
-
-    `encode` adds no special tokens (BERT's examples add [CLS]/[SEP] themselves); `decode` drops them.
-    """
-
-    def __init__(self, backend: Any):
-        self._tok = backend
-        vocab = backend.get_vocab(with_added_tokens=True)
-        found = {k: next((vocab[n] for n in names if n in vocab), None) for k, names in _SPECIAL_CANDIDATES.items()}
-        missing = [k for k in ("cls", "sep", "mask", "pad") if found[k] is None]
-        if missing:
-            raise ValueError(f"the tokenizer has no {'/'.join(missing)} token; BERT needs [CLS], [SEP], [MASK], [PAD]")
-        self.cls_id, self.sep_id, self.mask_id, self.pad_id = found["cls"], found["sep"], found["mask"], found["pad"]
-        self._unk = found["unk"]
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> HFTokenizer:
-        """Load a `tokenizer.json`."""
-        from tokenizers import Tokenizer as Backend
-
-        try:
-            return cls(Backend.from_file(os.fspath(path)))
-        except Exception as err:  # tokenizers raises plain Exception for unreadable files
-            raise ValueError(f"cannot read tokenizer {path}: {err}") from None
-
-    @classmethod
-    def from_vocab(cls, path: str | os.PathLike[str], lowercase: bool = True) -> HFTokenizer:
-        """BERT's WordPiece tokenizer from a `vocab.txt` (as `BertTokenizerFast(vocab_file, do_lower_case)`)."""
-        from tokenizers import Tokenizer as Backend, decoders, models, normalizers, pre_tokenizers
-
-        try:
-            with open(path, encoding="utf-8") as f:
-                vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
-        except OSError as err:
-            raise ValueError(f"cannot read vocabulary {path}: {err.strerror or err}") from None
-        backend = Backend(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-        backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                        strip_accents=None, lowercase=lowercase)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece(prefix="##")
-        backend.add_special_tokens([t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab])
-        return cls(backend)
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write `tokenizer.json`."""
-        self._tok.save(os.fspath(path))
-
-    def to_bytes(self) -> bytes:
-        """The tokenizer.json text, encoded."""
-        return self._tok.to_str().encode("utf-8")
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, with no special tokens."""
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text (parallel in the Rust backend)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`, special tokens and padding dropped."""
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, added tokens included."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def eos_id(self) -> int:
-        """[SEP] (or </s>), which ends every BERT sequence."""
-        return self.sep_id
-
-    @property
-    def unk_id(self) -> int:
-        """Id of the unknown token (-1 if there is none)."""
-        return -1 if self._unk is None else self._unk
-
-    @property
-    def bos_id(self) -> int:
-        """[CLS] (or <s>), which starts every BERT sequence."""
-        return self.cls_id
-
-    @property
-    def num_sentinels(self) -> int:
-        """None: BERT's specials are named tokens here, not reserved top ids."""
-        return 0
-
-    def id_to_piece(self, i: int) -> str:
-        """The vocabulary entry of id `i`."""
-        return self._tok.id_to_token(i)
-
-    def __repr__(self) -> str:
-        return f"HFTokenizer(vocab_size={self.vocab_size})"
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models import bert, bert_tasks
+from zoo.tokenizer import HFTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -167,7 +168,7 @@ def test_hf_tokenizer_matches_bert_tokenizer_fast(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
     ref = transformers.BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
-    ours = bert_tasks.HFTokenizer.from_vocab(path)
+    ours = HFTokenizer.from_vocab(path)
     for text in TEXTS:
         assert ours.encode(text) == ref(text, add_special_tokens=False)["input_ids"]
     assert ours.encode_batch(TEXTS) == [ref(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
@@ -178,7 +179,7 @@ def test_hf_tokenizer_matches_bert_tokenizer_fast(tmp_path):
                                                  ref.pad_token_id)
     assert ours.vocab_size == len(ref)
     ref.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))  # and the same via tokenizer.json
-    assert bert_tasks.HFTokenizer.from_file(tmp_path / "tokenizer.json").encode_batch(TEXTS) == ours.encode_batch(TEXTS)
+    assert HFTokenizer.from_file(tmp_path / "tokenizer.json").encode_batch(TEXTS) == ours.encode_batch(TEXTS)
 
 
 class _TinyTokenizer:

@@ -164,3 +164,23 @@ def test_greedy_generate_matches_hugging_face(tmp_path):
     with torch.no_grad():
         ref = hf.generate(torch.tensor(prompt), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert ours == ref[0, 5:].tolist()
+
+
+def test_load_hf_reads_gpt2_bpe_files_and_tokenizes_like_transformers(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=300,
+                            special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(tmp_path))
+    reference = transformers.GPT2TokenizerFast(vocab_file=str(tmp_path / "vocab.json"),
+                                               merges_file=str(tmp_path / "merges.txt"))
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=reference.vocab_size, n_positions=64))
+    hf.save_pretrained(tmp_path)
+    m = zoo.load_hf(str(tmp_path))
+    for text in ("the lazy  dog\njumps", "héllo wörld 🙂"):
+        assert m.tokenizer.encode(text) == reference(text)["input_ids"]
+        assert m.tokenizer.decode(m.tokenizer.encode(text)) == text
+    assert m.tokenizer.eos_id == reference.eos_token_id
+    assert isinstance(m.generate("the quick", max_new_tokens=3), str)

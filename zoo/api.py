@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import types
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 import models
 from zoo import checkpoint, config as config_lib, convert, experiment, optim, runs, sharding, steps
-from zoo.tokenizer import Tokenizer
+from zoo.tokenizer import HFTokenizer, Tokenizer
 
 
 @dataclasses.dataclass
@@ -137,8 +138,21 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def _hf_tokenizer(path: str) -> Any:
-    """The directory's tokenizer if it has one we can read (sentencepiece or tokenizer.json)."""
-    spiece = os.path.join(path, "spiece.model")
-    if os.path.exists(spiece):
-        return Tokenizer.from_file(spiece)
+    """The directory's tokenizer if it has one we can read, else None (logits still work)."""
+    file = lambda name: os.path.join(path, name)
+    if os.path.exists(file("spiece.model")):  # T5: 100 sentinels appended above the sentencepiece vocab
+        return Tokenizer.from_file(file("spiece.model"), extra_ids=100)
+    try:
+        if os.path.exists(file("tokenizer.json")):
+            return HFTokenizer.from_file(file("tokenizer.json"))
+        if os.path.exists(file("vocab.txt")):
+            settings = {}
+            if os.path.exists(file("tokenizer_config.json")):
+                with open(file("tokenizer_config.json")) as f:
+                    settings = json.load(f)
+            return HFTokenizer.from_vocab(file("vocab.txt"), lowercase=settings.get("do_lower_case", True))
+        if os.path.exists(file("vocab.json")) and os.path.exists(file("merges.txt")):
+            return HFTokenizer.from_bpe(file("vocab.json"), file("merges.txt"))
+    except ImportError:  # the `tokenizers` package comes with the hf extra
+        return None
     return None
