@@ -50,7 +50,7 @@ class DataConfig:
 class TrainConfig:
     """Loop length, logging, evaluation and checkpoint cadence."""
 
-    steps: int = 600
+    steps: int = 300
     seed: int = 0
     log_every: int = 20
     eval_every: int = 0  # 0: evaluate only at the end

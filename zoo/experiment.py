@@ -6,6 +6,7 @@ config -> mesh -> tokenizer -> model -> optimizer -> state layout; data batches 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -51,6 +52,11 @@ class Experiment:
         rows = sharding.process_rows(next(iter(self.layout.batch_shardings.values())), cfg.data.batch_size)
         return data.Batches(examples, cfg.data.batch_size, self.family.prepare_batch_fn(cfg, self.tokenizer),
                             seed=cfg.train.seed, shuffle=split == "train", local_rows=rows)
+
+    @functools.cached_property
+    def eval_step(self) -> Any:
+        """The jitted eval step, compiled once per experiment."""
+        return steps.make_eval_step(self.family, self.model, self.layout, self.mesh)
 
     def init_state(self) -> steps.TrainState:
         """A fresh, sharded train state."""

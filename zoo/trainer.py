@@ -44,7 +44,7 @@ def preemption_flag() -> Iterator[dict[str, bool]]:
 
 def evaluate(exp: Experiment, params: Any, batches: data.Batches, max_batches: int = 0) -> dict[str, float]:
     """Validation loss, perplexity, accuracy (and family extras) over `max_batches` (0: all) batches."""
-    eval_step = steps.make_eval_step(exp.family, exp.model, exp.layout, exp.mesh)
+    eval_step = exp.eval_step
     count = batches.batches_per_epoch if max_batches <= 0 else min(max_batches, batches.batches_per_epoch)
     totals: dict[str, float] = {}
     with steps.on_mesh(exp.mesh):
