@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import types
 
-from models import gpt
+from models import bert, gpt, t5
 
-FAMILIES: dict[str, types.ModuleType] = {"gpt": gpt}
+FAMILIES: dict[str, types.ModuleType] = {"gpt": gpt, "bert": bert, "t5": t5}
 
 PRESETS: dict[str, tuple[str, object]] = {
     name: (family_name, cfg) for family_name, family in FAMILIES.items() for name, cfg in family.PRESETS.items()

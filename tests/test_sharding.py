@@ -12,17 +12,21 @@ from zoo import checkpoint, config as config_lib, data, experiment, sharding, st
 from zoo.tokenizer import Tokenizer
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8), (1, 8, 1)]
+FAMILY_PRESETS = ["gpt-tiny", "bert-tiny", "t5-tiny"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = [r["text"] for r in data.load_records("builtin", "train")[:300]]
-    return Tokenizer.train(texts, 512)
+    return Tokenizer.train(texts, 512, sentinels=8)  # reserved top ids: BERT's specials, T5's sentinels
 
 
 def tiny_config(preset="gpt-tiny", **model):
     family, model_cfg = models.preset(preset)
-    model_cfg = dataclasses.replace(model_cfg, **{"num_layers": 2, "d_model": 64, "num_heads": 8, "d_ff": 128, **model})
+    small = {"num_layers": 2, "d_model": 64, "num_heads": 8, "head_dim": 8, "d_ff": 128, **model}
+    if preset.startswith("t5"):
+        small |= {"num_decoder_layers": 1, "num_sentinels": 8}
+    model_cfg = dataclasses.replace(model_cfg, **small)
     return config_lib.Config(
         preset=preset, family=family.__name__.split(".")[-1], model=model_cfg,
         data=config_lib.DataConfig(batch_size=8, seq_len=16),
@@ -35,9 +39,13 @@ def build(cfg, tokenizer, mesh_shape):
     return experiment.build(cfg, None, tokenizer=tokenizer, mesh=sharding.make_mesh(*mesh_shape, devices=devices))
 
 
+def records():
+    return data.load_records("builtin", "train")[:200]  # enough for a few batches of any family
+
+
 def run_steps(exp, count=3):
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batches = exp.batches("train")
+    batches = exp.batches("train", records())
     state, losses = exp.init_state(), []
     with steps.on_mesh(exp.mesh):
         for i in range(count):
@@ -47,14 +55,22 @@ def run_steps(exp, count=3):
 
 
 @pytest.fixture(scope="module")
-def reference(tokenizer):
-    return run_steps(build(tiny_config(), tokenizer, (1, 1, 1)))
+def references(tokenizer):
+    cache = {}
+
+    def reference(preset):
+        if preset not in cache:
+            cache[preset] = run_steps(build(tiny_config(preset), tokenizer, (1, 1, 1)))
+        return cache[preset]
+
+    return reference
 
 
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
 @pytest.mark.parametrize("mesh_shape", MESHES)
-def test_sharded_train_steps_match_one_device(mesh_shape, tokenizer, reference):
-    ref_state, ref_losses = reference
-    state, losses = run_steps(build(tiny_config(), tokenizer, mesh_shape))
+def test_sharded_train_steps_match_one_device(mesh_shape, preset, tokenizer, references):
+    ref_state, ref_losses = references(preset)
+    state, losses = run_steps(build(tiny_config(preset), tokenizer, mesh_shape))
     # Tolerance: same math, different reduction order across shards (float32 sums of ~1e3 terms).
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
@@ -73,7 +89,7 @@ def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
     assert embedding.sharding.spec == P("tensor", "fsdp")
     # The compiled step keeps that layout: nothing is silently replicated.
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batch = data.to_global(exp.batches("train").get(0), exp.layout.batch_shardings)
+    batch = data.to_global(exp.batches("train", records()).get(0), exp.layout.batch_shardings)
     with steps.on_mesh(exp.mesh):
         compiled = train_step.lower(state, batch).compile()
     out_state_shardings = compiled.output_shardings[0]
@@ -132,7 +148,7 @@ def test_non_finite_step_is_skipped_and_counted(tokenizer):
         **state.params["layers"]["mlp"], "w_in": poisoned}}})
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batches = exp.batches("train")
+    batches = exp.batches("train", records())
     with steps.on_mesh(exp.mesh):
         for i in range(2):
             state, m = train_step(state, data.to_global(batches.get(i), exp.layout.batch_shardings))

@@ -208,7 +208,10 @@ class Attention(nn.Module):
         w_k_DGK = param_with_axes(self, "w_k", init, (D, G, K), ("embed", "heads", "kv"), cfg)
         w_v_DGK = param_with_axes(self, "w_v", init, (D, G, K), ("embed", "heads", "kv"), cfg)
         w_o_HKD = param_with_axes(self, "w_o", init, (H, K, D), ("heads", "kv", "embed"), cfg)
-        source_BSD = x_BLD if kv_BSD is None and not self.cross else kv_BSD
+        is_self = kv_BSD is None and not self.cross
+        source_BSD = x_BLD if is_self else kv_BSD
+        if source_BSD is None and not self.decode:
+            raise ValueError("cross-attention needs kv_BSD (it is cached only when decoding)")
         q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, w_q_DHK.astype(dtype))
         k_BSGK = v_BSGK = None  # cached cross-attention: keys and values come from the cache
         if source_BSD is not None:
@@ -224,7 +227,7 @@ class Attention(nn.Module):
         q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "kv"))
         if self.cross and self.decode:
             k_BSGK, v_BSGK, kv_segments_BS = self._cross_cache(k_BSGK, v_BSGK, kv_segments_BS)
-        if source_BSD is x_BLD:  # self-attention: keys live at the same positions as queries
+        if is_self:  # self-attention: keys live at the same positions as queries
             if cfg.position == "rope":
                 q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
                 k_BSGK = rope(k_BSGK, positions_BL, cfg.rope_theta)

@@ -1,0 +1,382 @@
+"""T5's host-side data (span corruption, prefix LM, text-to-text pairs) and Hugging Face interchange.
+
+Every objective turns a split's records into a fixed table of rows (`make_examples`), and a batch
+of rows into model inputs with numpy (`prepare_batch_fn`), drawing any noise from the generator
+that `zoo.data.Batches` seeds with (seed, batch index), so a resumed run sees the same batches.
+Batches always hold the same six arrays:
+
+    encoder_inputs / encoder_segments  [B, seq_len]      segment 0 = padding, 1, 2, ... = packed examples
+    decoder_targets / decoder_segments [B, decoder_len]  each target ends in EOS
+    decoder_inputs                     [B, decoder_len]  targets shifted right per segment, start id 0 (pad)
+    decoder_weights                    [B, decoder_len]  1.0 on real target tokens
+
+The default offline text-to-text task ("summary line") is built from the embedded corpus: the body
+of a stdlib docstring or a pydoc help topic is the input, its first paragraph (the docstring's
+summary line, or the topic's title) the target.
+
+The Hugging Face functions at the end (re-exported by `models.t5`) map our params to and from the
+state dict of transformers 4.x's `T5ForConditionalGeneration`, tied names included.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+SUMMARY_PREFIX = "summarize: "
+MAX_SUMMARY_INPUT_CHARS = 2000  # ~500 tokens: more than any encoder length we train with
+_RULE_LINE = re.compile(r"^\s*[*=\-~^#]{3,}\s*$")
+
+
+# ---- lengths ------------------------------------------------------------------------------------
+
+
+def span_corruption_lengths(raw_len: int, noise_density: float, mean_span: float) -> tuple[int, int, int, int]:
+    """(encoder length, decoder length, noise tokens, noise spans) of corrupting `raw_len` tokens.
+
+    The encoder gets the kept tokens, one sentinel per noise span and EOS; the decoder one sentinel
+    per span, the noise tokens and EOS (T5's `random_spans_helper` arithmetic).
+    """
+    noise = min(max(int(round(raw_len * noise_density)), 1), raw_len - 1)
+    spans = max(int(round(noise / mean_span)), 1)
+    return raw_len - noise + spans + 1, noise + spans + 1, noise, spans
+
+
+def span_corruption_raw_len(seq_len: int, noise_density: float, mean_span: float) -> int:
+    """The longest chunk of raw tokens whose corrupted encoder input fits `seq_len`."""
+    raw = max(seq_len - 1, 2)
+    while span_corruption_lengths(raw + 1, noise_density, mean_span)[0] <= seq_len:
+        raw += 1
+    return raw
+
+
+def decoder_len(cfg: Any, seq_len: int) -> int:
+    """Decoder length of training rows: derived for span corruption, else model.target_len or seq_len."""
+    if cfg.objective == "span_corruption":
+        raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
+        return span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)[1]
+    return cfg.target_len or seq_len
+
+
+def check_lengths(cfg: Any, seq_len: int) -> None:
+    """Raise ValueError (one line) if the objective cannot make rows at `seq_len`."""
+    if seq_len < 4:
+        raise ValueError(f"T5 needs seq_len >= 4, got {seq_len}")
+    if cfg.target_len and cfg.target_len < 2:
+        raise ValueError(f"model.target_len must be 0 or at least 2 (room for a token and EOS), got {cfg.target_len}")
+    if cfg.objective == "span_corruption":
+        if not 0.0 < cfg.noise_density < 1.0 or cfg.mean_noise_span_length < 1.0:
+            raise ValueError("span corruption needs 0 < model.noise_density < 1 and model.mean_noise_span_length >= 1")
+        raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
+        _, _, noise, spans = span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)
+        if spans > cfg.num_sentinels:
+            raise ValueError(f"seq_len {seq_len} makes {spans} noise spans but the vocabulary reserves "
+                             f"{cfg.num_sentinels} sentinels; raise model.num_sentinels or lower --seq-len")
+        if raw - noise < spans:
+            raise ValueError("model.noise_density is too high for model.mean_noise_span_length")
+
+
+# ---- span corruption ----------------------------------------------------------------------------
+
+
+def _random_partition(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:
+    """Lengths of `parts` non-empty runs summing to `total`, uniform over all such compositions."""
+    cuts = np.sort(rng.choice(total - 1, parts - 1, replace=False) + 1) if parts > 1 else np.zeros(0, np.int64)
+    return np.diff(np.concatenate([[0], cuts, [total]]))
+
+
+def noise_mask(length: int, noise_density: float, mean_span: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of noise tokens: alternating kept/noise runs, starting with a kept run."""
+    _, _, noise, spans = span_corruption_lengths(length, noise_density, mean_span)
+    runs = np.stack([_random_partition(length - noise, spans, rng), _random_partition(noise, spans, rng)], axis=1)
+    return np.repeat(np.tile([False, True], spans), runs.reshape(-1))
+
+
+def replace_spans(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Each run of masked tokens becomes one sentinel, `<extra_id_k>` = vocab_size - 1 - k for the k-th run."""
+    starts = mask & ~np.concatenate([[False], mask[:-1]])
+    sentinel = vocab_size - np.cumsum(starts)  # vocab_size - 1 - k at the k-th run's first token
+    return np.where(starts, sentinel, tokens)[~mask | starts]
+
+
+def span_corruption(tokens: np.ndarray, rng: np.random.Generator, noise_density: float, mean_span: float,
+                    vocab_size: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(encoder input, target) of one chunk: masked spans become sentinels; both end in EOS."""
+    mask = noise_mask(len(tokens), noise_density, mean_span, rng)
+    eos = np.array([eos_id], tokens.dtype)
+    return (np.concatenate([replace_spans(tokens, mask, vocab_size), eos]),
+            np.concatenate([replace_spans(tokens, ~mask, vocab_size), eos]))
+
+
+def prefix_lm(tokens: np.ndarray, rng: np.random.Generator, target_len: int,
+              eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prefix + EOS, rest + EOS) of one chunk, split uniformly where the rest fits `target_len`."""
+    n = len(tokens)
+    split = int(rng.integers(max(1, n - target_len + 1), n))
+    eos = np.array([eos_id], tokens.dtype)
+    return np.concatenate([tokens[:split], eos]), np.concatenate([tokens[split:], eos])
+
+
+# ---- rows and batches ---------------------------------------------------------------------------
+
+
+def chunk_tokens(docs: list[list[int]], length: int) -> np.ndarray:
+    """Documents concatenated (as T5 does for pretraining) and cut into rows of `length` tokens."""
+    stream = np.fromiter((t for d in docs for t in d), dtype=np.int32)
+    rows = stream.size // length
+    if rows == 0:
+        raise ValueError(f"the data holds {stream.size} tokens, fewer than one row of {length}")
+    return stream[: rows * length].reshape(rows, length)
+
+
+def pack_pairs(pairs: list[tuple[list[int], list[int]]], seq_len: int, target_len: int,
+               eos_id: int) -> dict[str, np.ndarray]:
+    """Pack (input ids, target ids) pairs, in order, into rows; each part is cut to fit and ends in EOS."""
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    used = (seq_len, target_len)  # forces a new row first
+    for inp, tgt in pairs:
+        inp, tgt = inp[: seq_len - 1] + [eos_id], tgt[: target_len - 1] + [eos_id]
+        if used[0] + len(inp) > seq_len or used[1] + len(tgt) > target_len:
+            rows.append([])
+            used = (0, 0)
+        rows[-1].append((inp, tgt))
+        used = (used[0] + len(inp), used[1] + len(tgt))
+    if not rows:
+        raise ValueError("no input/target pairs to train on")
+    out = {k: np.zeros((len(rows), n), np.int32) for k, n in (
+        ("encoder_inputs", seq_len), ("encoder_segments", seq_len),
+        ("decoder_targets", target_len), ("decoder_segments", target_len))}
+    for r, row in enumerate(rows):
+        at = [0, 0]
+        for segment, parts in enumerate(row, 1):
+            for side, (ids, (tok_key, seg_key)) in enumerate(zip(parts, (
+                    ("encoder_inputs", "encoder_segments"), ("decoder_targets", "decoder_segments")))):
+                out[tok_key][r, at[side]:at[side] + len(ids)] = ids
+                out[seg_key][r, at[side]:at[side] + len(ids)] = segment
+                at[side] += len(ids)
+    return out
+
+
+def _pad_rows(seqs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.zeros((len(seqs), width), np.int32)
+    segments = np.zeros((len(seqs), width), np.int32)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)], segments[i, : len(s)] = s, 1
+    return tokens, segments
+
+
+def finish_batch(encoder_inputs: np.ndarray, encoder_segments: np.ndarray, decoder_targets: np.ndarray,
+                 decoder_segments: np.ndarray) -> dict[str, np.ndarray]:
+    """Add decoder inputs (targets shifted right within each segment, start id 0) and loss weights."""
+    B = decoder_targets.shape[0]
+    previous = np.concatenate([np.zeros((B, 1), np.int32), decoder_targets[:, :-1]], axis=1)
+    same = np.concatenate([np.zeros((B, 1), bool), decoder_segments[:, 1:] == decoder_segments[:, :-1]], axis=1)
+    return {"encoder_inputs": encoder_inputs, "encoder_segments": encoder_segments,
+            "decoder_inputs": np.where(same, previous, 0).astype(np.int32), "decoder_targets": decoder_targets,
+            "decoder_segments": decoder_segments, "decoder_weights": (decoder_segments > 0).astype(np.float32)}
+
+
+def make_examples(records: list[dict[str, str]], run: Any, tokenizer: Any) -> dict[str, np.ndarray]:
+    """Rows of a split: token chunks for span corruption / prefix LM, packed pairs for seq2seq."""
+    cfg, seq_len = run.model, run.data.seq_len
+    if cfg.objective == "seq2seq":
+        pairs = text_to_text_pairs(records)
+        inputs = tokenizer.encode_batch([p["input"] for p in pairs])
+        targets = tokenizer.encode_batch([p["target"] for p in pairs])
+        return pack_pairs(list(zip(inputs, targets)), seq_len, decoder_len(cfg, seq_len), tokenizer.eos_id)
+    texts = [r["text"] if "text" in r else r["input"] + " " + r["target"] for r in records]
+    if cfg.objective == "span_corruption":
+        length = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
+    else:  # prefix LM: prefix and rest share the encoder budget (one EOS each side)
+        length = seq_len - 1
+    return {"tokens": chunk_tokens(tokenizer.encode_batch(texts), length)}
+
+
+def prepare_batch_fn(run: Any, tokenizer: Any) -> Callable[[dict[str, np.ndarray], np.random.Generator], dict]:
+    """The host-side batch function of the run's objective."""
+    cfg, seq_len = run.model, run.data.seq_len
+    target_len = decoder_len(cfg, seq_len)
+    if cfg.objective == "seq2seq":
+        return lambda rows, rng: finish_batch(rows["encoder_inputs"], rows["encoder_segments"],
+                                              rows["decoder_targets"], rows["decoder_segments"])
+    if cfg.objective == "span_corruption":
+        raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
+        spans = span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)[3]
+        if spans > tokenizer.num_sentinels:
+            raise ValueError(f"span corruption needs {spans} sentinels but the tokenizer has "
+                             f"{tokenizer.num_sentinels}; retrain it with more (model.num_sentinels)")
+        corrupt = lambda t, rng: span_corruption(t, rng, cfg.noise_density, cfg.mean_noise_span_length,
+                                                 tokenizer.vocab_size, tokenizer.eos_id)
+    else:
+        corrupt = lambda t, rng: prefix_lm(t, rng, target_len, tokenizer.eos_id)
+
+    def prepare(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        inputs, targets = zip(*(corrupt(t, rng) for t in rows["tokens"]))
+        return finish_batch(*_pad_rows(list(inputs), seq_len), *_pad_rows(list(targets), target_len))
+
+    return prepare
+
+
+# ---- text-to-text pairs -------------------------------------------------------------------------
+
+
+def summary_pair(text: str) -> dict[str, str] | None:
+    """The "summary line" task on one document: its body -> its first paragraph (or None if unsuitable)."""
+    paragraphs = re.split(r"\n[ \t]*\n", text.strip())
+    if len(paragraphs) < 2:
+        return None
+    head_lines = paragraphs[0].splitlines()
+    if len(head_lines) == 2 and _RULE_LINE.match(head_lines[1]):  # a help topic's underlined title
+        head_lines = head_lines[:1]
+    head = " ".join(" ".join(head_lines).split())
+    body = " ".join(line for line in "\n".join(paragraphs[1:]).splitlines() if not _RULE_LINE.match(line))
+    body = " ".join(body.split())
+    if not 3 <= len(head) <= 120 or len(body) < 80:
+        return None
+    return {"input": SUMMARY_PREFIX + body[:MAX_SUMMARY_INPUT_CHARS], "target": head}
+
+
+def text_to_text_pairs(records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Input/target records as they are; text records through the offline "summary line" task."""
+    pairs = []
+    for r in records:
+        pair = {"input": r["input"], "target": r["target"]} if "input" in r else summary_pair(r.get("text", ""))
+        if pair is not None:
+            pairs.append(pair)
+    if not pairs:
+        raise ValueError("the data has no input/target pairs (jsonl records with 'input' and 'target' fields, "
+                         "or documents whose first paragraph can serve as a summary)")
+    return pairs
+
+
+def sample_inputs(records: list[dict[str, str]], objective: str, count: int = 3, words: int = 24) -> list[str]:
+    """Inputs for closing samples: pair inputs for seq2seq; for pretraining, the first `words` words
+    of a document with a middle stretch replaced by `<extra_id_0>` (span corruption) or cut off (prefix LM)."""
+    if objective == "seq2seq":
+        return [" ".join(p["input"].split()[: 3 * words]) for p in text_to_text_pairs(records)[:count]]
+    out = []
+    for r in records[:count]:
+        w = (r["text"] if "text" in r else r["input"]).split()[:words]
+        third = max(len(w) // 3, 1)
+        out.append(" ".join(w[:2 * third]) if objective == "prefix_lm" else
+                   " ".join(w[:third] + ["<extra_id_0>"] + w[2 * third:]))
+    return out
+
+
+# ---- Hugging Face interchange (T5ForConditionalGeneration, transformers 4.x names) ---------------
+
+HF_MODEL_TYPES = ("t5",)
+
+_HF_ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
+                   "silu": "silu", "swish": "silu"}
+
+
+def config_from_hf(hf: dict) -> Any:
+    """Our config (models.t5.Config) for a Hugging Face T5 config.json."""
+    from models.t5 import Config  # imported here: models.t5 imports this module
+
+    proj = hf.get("feed_forward_proj", "relu")
+    gated = proj.startswith("gated-")
+    act = "gelu_new" if proj == "gated-gelu" else proj.split("-")[-1]
+    if act not in _HF_ACTIVATIONS:
+        raise ValueError(f"T5 feed_forward_proj {proj!r} is not supported")
+    return Config(num_layers=hf["num_layers"], num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+                  d_model=hf["d_model"], num_heads=hf["num_heads"], head_dim=hf["d_kv"], d_ff=hf["d_ff"],
+                  vocab_size=hf["vocab_size"], norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+                  activation=_HF_ACTIVATIONS[act], gated_mlp=gated, tie_embeddings=hf.get("tie_word_embeddings", True),
+                  relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+                  relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+                  dropout=hf.get("dropout_rate", 0.1))
+
+
+def config_to_hf(cfg: Any) -> dict:
+    """A Hugging Face T5 config.json for our config."""
+    if cfg.norm != "rmsnorm" or cfg.use_bias or not cfg.pre_norm or cfg.kv_heads != cfg.num_heads:
+        raise ValueError("only T5's own layout (RMS norm, pre-norm, no biases, no GQA) converts to Hugging Face")
+    if cfg.gated_mlp:
+        proj = {"gelu_tanh": "gated-gelu", "silu": "gated-silu", "relu": "gated-relu"}.get(cfg.activation)
+    else:
+        proj = {"gelu_tanh": "gelu_new", "relu": "relu", "gelu": "gelu", "silu": "silu"}.get(cfg.activation)
+    if proj is None:
+        raise ValueError(f"activation {cfg.activation!r} (gated={cfg.gated_mlp}) has no Hugging Face T5 name")
+    return {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": cfg.d_model,
+            "d_kv": cfg.head_size, "d_ff": cfg.d_ff, "num_layers": cfg.num_layers,
+            "num_decoder_layers": cfg.decoder_layers, "num_heads": cfg.num_heads, "vocab_size": cfg.vocab_size,
+            "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+            "relative_attention_max_distance": cfg.relative_attention_max_distance,
+            "layer_norm_epsilon": cfg.norm_eps, "feed_forward_proj": proj, "tie_word_embeddings": cfg.tie_embeddings,
+            "dropout_rate": cfg.dropout, "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1,
+            "decoder_start_token_id": 0}
+
+
+def _hf_layer_names(cfg: Any, stack: str) -> dict[tuple[str, ...], str]:
+    """Our (sub-module, param) -> the Hugging Face name pattern ({} = layer index) of one stack."""
+    attn = ("attn",) if stack == "encoder" else ("self_attn",)
+    names = {attn + ("w_q",): "layer.0.SelfAttention.q.weight", attn + ("w_k",): "layer.0.SelfAttention.k.weight",
+             attn + ("w_v",): "layer.0.SelfAttention.v.weight", attn + ("w_o",): "layer.0.SelfAttention.o.weight",
+             (attn[0] + "_norm", "scale"): "layer.0.layer_norm.weight"}
+    ff = "layer.1" if stack == "encoder" else "layer.2"
+    if stack == "decoder":
+        names |= {("cross_attn", f"w_{n}"): f"layer.1.EncDecAttention.{n}.weight" for n in "qkvo"}
+        names[("cross_attn_norm", "scale")] = "layer.1.layer_norm.weight"
+    wi = {("mlp", "w_in"): f"{ff}.DenseReluDense.wi_0.weight", ("mlp", "w_gate"): f"{ff}.DenseReluDense.wi_1.weight"}
+    names |= wi if cfg.gated_mlp else {("mlp", "w_in"): f"{ff}.DenseReluDense.wi.weight"}
+    names |= {("mlp", "w_out"): f"{ff}.DenseReluDense.wo.weight", ("mlp_norm", "scale"): f"{ff}.layer_norm.weight"}
+    return {k: f"{stack}.block.{{}}.{v}" for k, v in names.items()}
+
+
+def _to_ours(name: str, w: np.ndarray, cfg: Any) -> np.ndarray:
+    """A torch Linear weight [out, in] in our einsum layout."""
+    D, H, K = cfg.d_model, cfg.num_heads, cfg.head_size
+    if name in ("w_q", "w_k", "w_v"):
+        return w.T.reshape(D, H, K)
+    if name == "w_o":
+        return w.T.reshape(H, K, D)
+    return w.T if w.ndim == 2 else w
+
+
+def _to_hf(name: str, w: np.ndarray, cfg: Any) -> np.ndarray:
+    """One layer's weight in torch Linear layout [out, in] (the inverse of `_to_ours`)."""
+    if name in ("w_q", "w_k", "w_v"):
+        return w.reshape(cfg.d_model, -1).T
+    if name == "w_o":
+        return w.reshape(-1, cfg.d_model).T
+    return w.T if w.ndim == 2 else w
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], cfg: Any) -> dict:
+    """Our (scanned) params from a Hugging Face T5ForConditionalGeneration state dict."""
+    from zoo.convert import take
+
+    embed = take(tensors, "shared.weight" if "shared.weight" in tensors else "encoder.embed_tokens.weight")
+    params: dict[str, Any] = {"token_embed": {"embedding": embed}}
+    for stack, depth in (("encoder", cfg.num_layers), ("decoder", cfg.decoder_layers)):
+        tree: dict[str, Any] = {}
+        for (module, name), pattern in _hf_layer_names(cfg, stack).items():
+            stacked = np.stack([_to_ours(name, take(tensors, pattern.format(i)), cfg) for i in range(depth)])
+            tree.setdefault(module, {})[name] = stacked
+        relpos = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # layer 0 holds the stack's
+        params[stack] = {"layers": tree, "final_norm": {"scale": take(tensors, f"{stack}.final_layer_norm.weight")},
+                         "relpos_bias": take(tensors, relpos)}
+    if not cfg.tie_embeddings:
+        params["lm_head"] = take(tensors, "lm_head.weight").T
+    return params
+
+
+def params_to_hf(params: Any, cfg: Any) -> dict[str, np.ndarray]:
+    """A Hugging Face T5ForConditionalGeneration state dict (every tied name included) from our params."""
+    p = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    embed = p["token_embed"]["embedding"]
+    out = {"shared.weight": embed, "encoder.embed_tokens.weight": embed, "decoder.embed_tokens.weight": embed,
+           "lm_head.weight": embed if cfg.tie_embeddings else p["lm_head"].T}
+    for stack, depth in (("encoder", cfg.num_layers), ("decoder", cfg.decoder_layers)):
+        tree = p[stack]
+        out[f"{stack}.final_layer_norm.weight"] = tree["final_norm"]["scale"]
+        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = tree["relpos_bias"]
+        for (module, name), pattern in _hf_layer_names(cfg, stack).items():
+            for i in range(depth):
+                out[pattern.format(i)] = _to_hf(name, tree["layers"][module][name][i], cfg)
+    return out
