@@ -197,6 +197,13 @@ def train_defaults() -> dict[str, Any]:
     return {}
 
 
+def sample_prompts(run: Any, records: list[dict[str, str]], tokenizer: Any, count: int) -> list[str]:
+    """The first few tokens of `count` documents, as prompts for closing samples."""
+    del run
+    texts = [r.get("text", r.get("input", "")) for r in records[:count]]
+    return [tokenizer.decode(ids[:8]) for ids in tokenizer.encode_batch(texts) if ids]
+
+
 def generate(model: Model, params: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
              **sampling: Any) -> list[str]:
     """Continuations of text prompts (greedy by default; temperature/top_k/top_p/seed to sample)."""

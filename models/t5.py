@@ -392,3 +392,20 @@ def evaluate_generation(model: Model, params: Any, tokenizer: Any, records: list
     """Exact match, BLEU and ROUGE-L of generated targets for input/target records (text records go
     through the offline "summary line" task); keyword arguments as in `zoo.seq2seq.evaluate_generation`."""
     return seq2seq.evaluate_generation(model, params, tokenizer, t5_tasks.text_to_text_pairs(records), **kwargs)
+
+
+def sample_prompts(run: Any, records: list[dict[str, str]], tokenizer: Any, count: int) -> list[str]:
+    """Inputs for closing samples that fit the run's objective (sentinel spans, prefixes or task inputs)."""
+    del tokenizer
+    return t5_tasks.sample_inputs(records, run.model.objective, count)
+
+
+def generation_metrics(model: Model, params: Any, tokenizer: Any, records: list[dict[str, str]],
+                       run: Any) -> dict[str, Any]:
+    """Exact match, BLEU and ROUGE-L of generated targets when fine-tuning on a text-to-text task."""
+    if run.model.objective != "seq2seq":
+        return {}
+    scores = evaluate_generation(model, params, tokenizer, records, max_input_len=run.data.seq_len,
+                                 max_new_tokens=decoder_len(run.model, run.data.seq_len),
+                                 batch_size=run.data.batch_size)
+    return {k: v for k, v in scores.items() if k != "samples"}

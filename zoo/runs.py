@@ -98,9 +98,12 @@ def report(exp: Experiment, params: Any, step: int | None = None, samples: int =
     summary.update(vocab_size=exp.tokenizer.vocab_size, preset=exp.config.preset)
     if step is not None:
         summary["step"] = step
+    records = exp.records("validation")
+    if hasattr(exp.family, "generation_metrics"):  # e.g. T5's exact match, BLEU, ROUGE-L
+        summary.update(exp.family.generation_metrics(exp.model, params, exp.tokenizer, records, exp.config))
     texts: list[dict[str, str]] = []
     if samples > 0 and hasattr(exp.family, "generate"):
-        prompts = [exp.tokenizer.decode(p) for p in trainer.sample_prompts(exp, samples)]
+        prompts = exp.family.sample_prompts(exp.config, records, exp.tokenizer, samples)
         t = exp.config.train
         outputs = exp.family.generate(exp.model, params, exp.tokenizer, prompts, t.sample_tokens,
                                       temperature=t.sample_temperature, top_k=t.sample_top_k, seed=t.seed)

@@ -135,10 +135,3 @@ def _log(writer: metrics_lib.MetricsWriter, bar: tqdm, pending: tuple[int, Any],
               "skipped_steps": int(m["skipped"])}
     writer.write(step, record)
     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{mfu:.1%}")
-
-
-def sample_prompts(exp: Experiment, count: int = 3, prompt_tokens: int = 8) -> list[list[int]]:
-    """The first tokens of a few validation documents, as prompts for closing samples."""
-    records = exp.records("validation")[:count]
-    texts = [r.get("text", r.get("input", "")) for r in records]
-    return [ids[:prompt_tokens] for ids in exp.tokenizer.encode_batch(texts) if ids]
