@@ -149,10 +149,12 @@ def test_bad_overrides(tmp_path):
     _fails("train.py", "--set", "optim.learning_rate=fast", "--workdir", str(tmp_path / "b"), contains="expects float")
     _fails("train.py", "--mesh", "data=3", "--workdir", str(tmp_path / "c"), devices=2, contains="devices")
     _fails("train.py", "--batch-size", "3", "--workdir", str(tmp_path / "d"), devices=2, contains="divisible")
+    assert not any(os.path.exists(tmp_path / d) for d in "abcd")  # nothing half-written
 
 
 def test_sequence_longer_than_the_model(tmp_path):
     _fails("train.py", *TINY, "--seq-len", "4096", "--workdir", str(tmp_path / "w"), contains="max_len")
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_missing_or_empty_data(tmp_path):

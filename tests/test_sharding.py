@@ -23,7 +23,7 @@ def tokenizer():
 
 def tiny_config(preset="gpt-tiny", **model):
     family, model_cfg = models.preset(preset)
-    small = {"num_layers": 2, "d_model": 64, "num_heads": 8, "head_dim": 8, "d_ff": 128, **model}
+    small = {"num_layers": 1, "d_model": 64, "num_heads": 8, "head_dim": 8, "d_ff": 128, **model}
     if preset.startswith("t5"):
         small |= {"num_decoder_layers": 1, "num_sentinels": 8}
     model_cfg = dataclasses.replace(model_cfg, **small)
@@ -82,7 +82,7 @@ def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
     state = exp.init_state()
     w_q = state.params["layers"]["attn"]["w_q"]  # [layers, embed, heads, kv]
     assert w_q.sharding.spec == P(None, "fsdp", "tensor", None)
-    assert w_q.addressable_shards[0].data.shape == (2, 32, 4, 8)  # embed/2 (fsdp), heads/2 (tensor)
+    assert w_q.addressable_shards[0].data.shape == (1, 32, 4, 8)  # embed/2 (fsdp), heads/2 (tensor)
     mu = state.opt_state[1][0].mu["layers"]["mlp"]["w_in"]  # Adam moment follows its param (ZeRO-3)
     assert mu.sharding.spec == P(None, "fsdp", "tensor")
     embedding = state.params["token_embed"]["embedding"]

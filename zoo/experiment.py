@@ -98,6 +98,7 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
           mesh: Mesh | None = None) -> Experiment:
     """Mesh, tokenizer (given, else loaded from the workdir or trained), model, optimizer, state layout."""
     family = models.FAMILIES[cfg.family]
+    family.validate(cfg.model, cfg.data.seq_len)  # before anything (a tokenizer) is written
     if mesh is None:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     if cfg.data.batch_size % sharding.batch_size_per_shard(mesh):
@@ -114,7 +115,6 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
         tokenizer = None
     elif cfg.model.vocab_size != tokenizer.vocab_size:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
-    family.validate(cfg.model, cfg.data.seq_len)
     model = family.Model(cfg.model)
     params_shape = nn.meta.unbox(steps.abstract_params(family, model, 1, 8))
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
