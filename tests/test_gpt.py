@@ -183,3 +183,17 @@ def test_load_hf_reads_gpt2_bpe_files_and_tokenizes_like_transformers(tmp_path):
         assert m.tokenizer.decode(m.tokenizer.encode(text)) == text
     assert m.tokenizer.eos_id == reference.eos_token_id
     assert isinstance(m.generate("the quick", max_new_tokens=3), str)
+
+
+def test_create_save_load_round_trip(tmp_path):
+    m = zoo.create("gpt-modern-tiny", num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, d_ff=48)
+    assert m.config.model.num_layers == 1 and m.tokenizer is None
+    m.save(str(tmp_path / "w"))
+    back = zoo.load(str(tmp_path / "w"))
+    assert back.config.model == m.config.model
+    for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(back.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ids = np.arange(10)[None] % 64
+    np.testing.assert_array_equal(m.logits(ids), back.logits(ids))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        m.generate("hi")
