@@ -28,7 +28,7 @@ PEAK_FLOPS: dict[str, float] = {
 
 
 @functools.cache
-def measured_matmul_flops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
+def measured_matmul_flops(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
     """FLOP/s of a jitted n x n matmul on the default device (best of `repeats`)."""
     a = jnp.ones((n, n), dtype)
     matmul = jax.jit(lambda x, y: x @ y)

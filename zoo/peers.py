@@ -206,24 +206,6 @@ def time_decode(
     }
 
 
-def cpu_matmul_peak_flops(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
-    """FLOP/s of a jitted n×n @ n×n matmul on the default JAX device: 2n³ / best time."""
-    import jax
-    import jax.numpy as jnp
-
-    ka, kb = jax.random.split(jax.random.key(_SEED))
-    a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
-    b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
-
-
 # ----------------------------------------------------------------------------------------------------
 # Inputs
 
