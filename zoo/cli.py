@@ -23,10 +23,15 @@ USER_ERRORS = (config_lib.ConfigError, CheckpointError, DataError, ValueError, F
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected failures into `error: <one line>` on stderr and exit status 2, with no traceback."""
+    """Turn expected failures into `error: <one line>` on stderr and exit status 2, with no traceback.
+
+    Set ZOO_DEBUG=1 to see the full traceback instead.
+    """
     try:
         yield
     except USER_ERRORS as err:
+        if os.environ.get("ZOO_DEBUG"):
+            raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
