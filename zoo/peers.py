@@ -33,7 +33,7 @@ import numpy as np
 
 BACKENDS = ("hf-flax", "hf-torch")
 FAMILIES = ("gpt", "bert", "t5")
-INSTALL_HINT = "pip install 'zoo[bench]'  (torch==2.13.0 and transformers>=4.57,<5)"
+INSTALL_HINT = "pip install 'zoo[hf]'  (torch==2.13.0 and transformers>=4.57,<5)"
 
 _LR = 1e-4
 _WEIGHT_DECAY = 0.01
