@@ -56,14 +56,14 @@ PRESETS: dict[str, Config] = {
 
 
 class Model(nn.Module):
-    """Token ids [B, L] -> next-token logits [B, L, V] in float32."""
+    """Token ids [B, L] -> next-token logits [B, L, V] in float32 ([B, 1, V] with `last_only`)."""
 
     cfg: Config
 
     @nn.compact
     def __call__(self, tokens_BL: jax.Array, segments_BL: jax.Array | None = None,
                  positions_BL: jax.Array | None = None, *, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, last_only: bool = False) -> jax.Array:
         cfg = self.cfg
         if segments_BL is None:
             segments_BL = jnp.ones_like(tokens_BL)
@@ -80,6 +80,8 @@ class Model(nn.Module):
         blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers)
         x_BLD, _ = blocks(cfg, causal=True, deterministic=deterministic, decode=decode, name="layers")(
             x_BLD, segments_BL, positions_BL)
+        if last_only:  # a decoding prefill needs the next token after the prompt only
+            x_BLD = x_BLD[:, -1:]
         x_BLD = layers.Norm(cfg, name="final_norm")(x_BLD)
         if cfg.tie_embeddings:
             return embed.attend(x_BLD)

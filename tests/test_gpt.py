@@ -140,6 +140,20 @@ def test_kv_cache_decode_equals_full_forward(cfg):
         assert new == np.asarray(jnp.argmax(logits[0, len(prompt) - 1:-1], axis=-1)).tolist()
 
 
+@pytest.mark.parametrize("cfg", [TINY, TINY_MODERN])
+def test_unrolled_decoding_form_computes_the_same_logits(cfg):
+    from zoo import layers
+    model, params = _params(cfg)
+    params = _unbox(params)
+    ids = jnp.asarray(np.random.default_rng(4).integers(0, 64, (2, 9)))
+    unrolled, split = layers.unrolled_for_decoding(model, params)
+    assert set(split["layers"]) == {str(i) for i in range(cfg.num_layers)}
+    np.testing.assert_allclose(unrolled.apply({"params": split}, ids), model.apply({"params": params}, ids),
+                               atol=1e-6)
+    last = model.apply({"params": params}, ids, last_only=True)
+    np.testing.assert_allclose(last[:, 0], model.apply({"params": params}, ids)[:, -1], atol=1e-6)
+
+
 def test_sampling_filters():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
     draws = lambda **kw: {int(decode.sample_logits(logits, jax.random.key(i), jnp.float32(1.0),

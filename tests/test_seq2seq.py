@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models import t5
-from zoo import seq2seq
+from zoo import layers, seq2seq
 
 # The shapes of test_t5's tiny Hugging Face model, so that jitted decoding compiles once for both files.
 CFG = t5.Config(num_layers=2, num_decoder_layers=2, d_model=32, num_heads=4, head_dim=8, d_ff=48, vocab_size=96,
@@ -71,6 +71,25 @@ def test_cached_step_logits_equal_the_full_forward(setup):
         np.testing.assert_allclose(logits, full[:, t], atol=2e-5, rtol=1e-5)
     cross = cache["decoder"]["layers"]["cross_attn"]
     assert cross["cross_k"].shape == (CFG.num_layers, 2, TOKENS.shape[1], CFG.num_heads, CFG.head_size)
+
+
+def test_unrolled_decoder_steps_equal_the_scanned_model(setup):
+    """Generation runs the decoder with one module per layer; its steps match the scanned full forward."""
+    model, params = setup
+    decoder = np.random.default_rng(1).integers(2, 96, (2, STEPS)).astype(np.int32)
+    decoder[:, 0] = 0
+    full = _forward(model)(params, TOKENS, decoder, SEGMENTS, None)
+    encoded = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method="encode"))(params, TOKENS, SEGMENTS)
+    unrolled, split = layers.unrolled_for_decoding(model, params)
+    cache = seq2seq._empty_cache(unrolled, 2, TOKENS.shape[1], STEPS)
+    step = jax.jit(functools.partial(seq2seq._step, unrolled))
+    for t in range(STEPS):
+        first = t == 0
+        logits, cache = step(split, cache, decoder[:, t:t + 1], encoded if first else None,
+                             SEGMENTS if first else None)
+        np.testing.assert_allclose(logits, full[:, t], atol=2e-5, rtol=1e-5)
+    per_layer = cache["decoder"]["layers"]["0"]["cross_attn"]["cross_k"]
+    assert per_layer.shape == (2, TOKENS.shape[1], CFG.num_heads, CFG.head_size)
 
 
 def test_greedy_equals_argmax_of_the_uncached_model(setup):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import layers
+
 
 def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: jax.Array,
                   top_p: jax.Array) -> jax.Array:
@@ -23,7 +25,14 @@ def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: jax.Array, 
     `top_k` = 0 and `top_p` = 1 disable those filters; all three may be traced values.
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    greedy_B = jnp.argmax(logits_BV, axis=-1)
+    # lax.cond, not jnp.where: greedy decoding must not pay for the sort over the vocabulary
+    return jax.lax.cond(temperature > 0,
+                        lambda: _filtered_sample(logits_BV, rng, temperature, top_k, top_p),
+                        lambda: jnp.argmax(logits_BV, axis=-1).astype(jnp.int32))
+
+
+def _filtered_sample(logits_BV: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                     top_p: jax.Array) -> jax.Array:
     V = logits_BV.shape[-1]
     scaled_BV = logits_BV / jnp.maximum(temperature, 1e-6)
     sorted_BV = jnp.sort(scaled_BV, axis=-1)[:, ::-1]  # descending
@@ -35,8 +44,7 @@ def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: jax.Array, 
     nucleus_min_B1 = jnp.min(jnp.where(outside_BV, jnp.inf, sorted_BV), axis=-1, keepdims=True)
     threshold_B1 = jnp.maximum(kth_B1, nucleus_min_B1)
     filtered_BV = jnp.where(scaled_BV >= threshold_B1, scaled_BV, -jnp.inf)
-    sampled_B = jax.random.categorical(rng, filtered_BV, axis=-1)
-    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+    return jax.random.categorical(rng, filtered_BV, axis=-1).astype(jnp.int32)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,30 +66,34 @@ def _generate(model: nn.Module, params: Any, tokens_BP: jax.Array, segments_BP: 
               positions_BP: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: jax.Array,
               top_p: jax.Array, max_new_tokens: int) -> jax.Array:
     B, P = tokens_BP.shape
-    total = P + max_new_tokens
     cache_shapes = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((B, total), jnp.int32), decode=True)["cache"])
+        jax.random.key(0), jnp.zeros((B, P + max_new_tokens), jnp.int32), decode=True)["cache"])
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+    pick = lambda logits_BV, i: sample_logits(logits_BV, jax.random.fold_in(rng, i), temperature, top_k, top_p)
 
-    def forward(cache: Any, tokens: jax.Array, segments: jax.Array, positions: jax.Array) -> tuple[jax.Array, Any]:
+    def forward(model: nn.Module, params: Any, cache: Any, tokens: jax.Array, segments: jax.Array,
+                positions: jax.Array) -> tuple[jax.Array, Any]:
         logits, updated = model.apply({"params": params, "cache": cache}, tokens, segments, positions,
-                                      decode=True, mutable=["cache"])
+                                      decode=True, last_only=True, mutable=["cache"])
         return logits[:, -1], updated["cache"]
 
-    logits_BV, cache = forward(cache, tokens_BP, segments_BP, positions_BP)
-    out_BT = jnp.zeros((B, max_new_tokens), jnp.int32)
+    # the prompt is compute-bound: one pass through the scanned stack
+    logits_BV, cache = forward(model, params, cache, tokens_BP, segments_BP, positions_BP)
+    out_BT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(pick(logits_BV, 0))
+    if max_new_tokens == 1:
+        return out_BT
+    # one token per step is bound by reading the weights: run the unrolled stack
+    step_model, step_params = layers.unrolled_for_decoding(model, params)
+    cache = layers.split_layers(cache)
     ones_B1 = jnp.ones((B, 1), jnp.int32)
 
     def body(i: int, carry: tuple) -> tuple:
-        logits_BV, cache, out_BT, position_B1 = carry
-        token_B = sample_logits(logits_BV, jax.random.fold_in(rng, i), temperature, top_k, top_p)
-        out_BT = out_BT.at[:, i].set(token_B)
+        cache, out_BT, position_B1 = carry
         position_B1 = position_B1 + 1
-        logits_BV, cache = forward(cache, token_B[:, None], ones_B1, position_B1)
-        return logits_BV, cache, out_BT, position_B1
+        logits_BV, cache = forward(step_model, step_params, cache, out_BT[:, i - 1, None], ones_B1, position_B1)
+        return cache, out_BT.at[:, i].set(pick(logits_BV, i)), position_B1
 
-    carry = (logits_BV, cache, out_BT, positions_BP[:, -1:])
-    _, _, out_BT, _ = jax.lax.fori_loop(0, max_new_tokens, body, carry)
+    _, out_BT, _ = jax.lax.fori_loop(1, max_new_tokens, body, (cache, out_BT, positions_BP[:, -1:]))
     return out_BT
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import layers
 from zoo.decode import sample_logits
 
 PAD_MULTIPLE = 16
@@ -64,6 +65,7 @@ def _sample(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: ja
             temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, max_new_tokens: int) -> jax.Array:
     B = tokens_BS.shape[0]
     encoded_BSD = model.apply({"params": params}, tokens_BS, segments_BS, method="encode")
+    model, params = layers.unrolled_for_decoding(model, params)  # the decoder is read once per token
     cache = _empty_cache(model, B, tokens_BS.shape[1], max_new_tokens)
     logits_BV, cache = _step(model, params, cache, jnp.full((B, 1), START_ID, jnp.int32), encoded_BSD, segments_BS)
     pick = lambda logits, i: sample_logits(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
@@ -82,13 +84,13 @@ def _sample(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: ja
 def _reorder(cache: Any, rows: jax.Array) -> Any:
     """Gather the decoder self-attention cache by row (beam search's surviving parents).
 
-    Scanned cache entries are [layers, batch, ...]; the cross-attention ones are the same for every
-    beam of an input and are left alone, as are scalars and slot positions.
+    Decoding runs unrolled layers, whose cache entries are [batch, ...]; the cross-attention ones
+    are the same for every beam of an input and are left alone, as are the scalar cache indices.
     """
     def gather(path: tuple, x: jax.Array) -> jax.Array:
         keys = [str(getattr(k, "key", k)) for k in path]
-        if "layers" in keys and x.ndim >= 2 and not keys[-1].startswith("cross"):
-            return jnp.take(x, rows, axis=1)
+        if "layers" in keys and x.ndim >= 1 and not keys[-1].startswith("cross"):
+            return jnp.take(x, rows, axis=0)
         return x
 
     return jax.tree_util.tree_map_with_path(gather, cache)
@@ -105,6 +107,7 @@ def _beam_search(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_B
     B, S = tokens_BS.shape
     W, T = num_beams, max_new_tokens
     encoded_BSD = model.apply({"params": params}, tokens_BS, segments_BS, method="encode")
+    model, params = layers.unrolled_for_decoding(model, params)
     encoded_RSD = jnp.repeat(encoded_BSD, W, axis=0)  # R = B * W rows, beam w of input b at b * W + w
     segments_RS = jnp.repeat(segments_BS, W, axis=0)
     cache = _empty_cache(model, B * W, S, T)
