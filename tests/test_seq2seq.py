@@ -56,12 +56,16 @@ def _log_probs(model, params, outputs):
     return [float(sum(logp[i, t, tok] for t, tok in enumerate(out))) for i, out in enumerate(outputs)]
 
 
-def test_cached_step_logits_equal_the_full_forward(setup):
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_cached_step_logits_equal_the_full_forward(setup, unrolled):
+    """Cached decoder steps match the scanned full forward, also in the unrolled form generation uses."""
     model, params = setup
     decoder = np.random.default_rng(0).integers(2, 96, (2, STEPS)).astype(np.int32)
     decoder[:, 0] = 0
     full = _forward(model)(params, TOKENS, decoder, SEGMENTS, None)
     encoded = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method="encode"))(params, TOKENS, SEGMENTS)
+    if unrolled:
+        model, params = layers.unrolled_for_decoding(model, params)
     cache = seq2seq._empty_cache(model, 2, TOKENS.shape[1], STEPS)
     step = jax.jit(functools.partial(seq2seq._step, model))
     for t in range(STEPS):
@@ -69,27 +73,11 @@ def test_cached_step_logits_equal_the_full_forward(setup):
         logits, cache = step(params, cache, decoder[:, t:t + 1], encoded if first else None,
                              SEGMENTS if first else None)
         np.testing.assert_allclose(logits, full[:, t], atol=2e-5, rtol=1e-5)
-    cross = cache["decoder"]["layers"]["cross_attn"]
-    assert cross["cross_k"].shape == (CFG.num_layers, 2, TOKENS.shape[1], CFG.num_heads, CFG.head_size)
-
-
-def test_unrolled_decoder_steps_equal_the_scanned_model(setup):
-    """Generation runs the decoder with one module per layer; its steps match the scanned full forward."""
-    model, params = setup
-    decoder = np.random.default_rng(1).integers(2, 96, (2, STEPS)).astype(np.int32)
-    decoder[:, 0] = 0
-    full = _forward(model)(params, TOKENS, decoder, SEGMENTS, None)
-    encoded = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method="encode"))(params, TOKENS, SEGMENTS)
-    unrolled, split = layers.unrolled_for_decoding(model, params)
-    cache = seq2seq._empty_cache(unrolled, 2, TOKENS.shape[1], STEPS)
-    step = jax.jit(functools.partial(seq2seq._step, unrolled))
-    for t in range(STEPS):
-        first = t == 0
-        logits, cache = step(split, cache, decoder[:, t:t + 1], encoded if first else None,
-                             SEGMENTS if first else None)
-        np.testing.assert_allclose(logits, full[:, t], atol=2e-5, rtol=1e-5)
-    per_layer = cache["decoder"]["layers"]["0"]["cross_attn"]["cross_k"]
-    assert per_layer.shape == (2, TOKENS.shape[1], CFG.num_heads, CFG.head_size)
+    cross_k_shape = (2, TOKENS.shape[1], CFG.num_heads, CFG.head_size)
+    if unrolled:
+        assert cache["decoder"]["layers"]["0"]["cross_attn"]["cross_k"].shape == cross_k_shape
+    else:
+        assert cache["decoder"]["layers"]["cross_attn"]["cross_k"].shape == (CFG.num_layers, *cross_k_shape)
 
 
 def test_greedy_equals_argmax_of_the_uncached_model(setup):
