@@ -64,21 +64,31 @@ def _step(model: nn.Module, params: Any, cache: Any, tokens_B1: jax.Array, encod
 def _sample(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: jax.Array, rng: jax.Array,
             temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, max_new_tokens: int) -> jax.Array:
     B = tokens_BS.shape[0]
-    encoded_BSD = model.apply({"params": params}, tokens_BS, segments_BS, method="encode")
-    model, params = layers.unrolled_for_decoding(model, params)  # the decoder is read once per token
-    cache = _empty_cache(model, B, tokens_BS.shape[1], max_new_tokens)
-    logits_BV, cache = _step(model, params, cache, jnp.full((B, 1), START_ID, jnp.int32), encoded_BSD, segments_BS)
+    logits_BV, cache = _first_step(model, params, tokens_BS, segments_BS, B, max_new_tokens)
     pick = lambda logits, i: sample_logits(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
+    out_BT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(pick(logits_BV, 0))
+    if max_new_tokens == 1:
+        return out_BT
+    model, params = layers.unrolled_for_decoding(model, params)  # later steps are bound by weight reads
+    cache = layers.split_layers(cache)
 
     def body(i: int, carry: tuple) -> tuple:
-        logits_BV, cache, out_BT = carry
-        token_B = pick(logits_BV, i)
-        logits_BV, cache = _step(model, params, cache, token_B[:, None], None, None)
-        return logits_BV, cache, out_BT.at[:, i].set(token_B)
+        cache, out_BT = carry
+        logits_BV, cache = _step(model, params, cache, out_BT[:, i - 1, None], None, None)
+        return cache, out_BT.at[:, i].set(pick(logits_BV, i))
 
-    out_BT = jnp.zeros((B, max_new_tokens), jnp.int32)
-    logits_BV, _, out_BT = jax.lax.fori_loop(0, max_new_tokens - 1, body, (logits_BV, cache, out_BT))
-    return out_BT.at[:, max_new_tokens - 1].set(pick(logits_BV, max_new_tokens - 1))
+    _, out_BT = jax.lax.fori_loop(1, max_new_tokens, body, (cache, out_BT))
+    return out_BT
+
+
+def _first_step(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: jax.Array, rows: int,
+                max_new_tokens: int) -> tuple[jax.Array, Any]:
+    """Encode, then the first decoder step for `rows` rows (inputs repeated to fill them): logits, cache."""
+    encoded_BSD = model.apply({"params": params}, tokens_BS, segments_BS, method="encode")
+    repeats = rows // tokens_BS.shape[0]  # beam search: beam w of input b is row b * W + w
+    encoded_RSD, segments_RS = jnp.repeat(encoded_BSD, repeats, axis=0), jnp.repeat(segments_BS, repeats, axis=0)
+    cache = _empty_cache(model, rows, tokens_BS.shape[1], max_new_tokens)
+    return _step(model, params, cache, jnp.full((rows, 1), START_ID, jnp.int32), encoded_RSD, segments_RS)
 
 
 def _reorder(cache: Any, rows: jax.Array) -> Any:
@@ -104,14 +114,10 @@ def _length_norm(length: jax.Array | int, penalty: jax.Array) -> jax.Array:
 def _beam_search(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: jax.Array,
                  length_penalty: jax.Array, eos_id: jax.Array, max_new_tokens: int,
                  num_beams: int) -> tuple[jax.Array, jax.Array]:
-    B, S = tokens_BS.shape
-    W, T = num_beams, max_new_tokens
-    encoded_BSD = model.apply({"params": params}, tokens_BS, segments_BS, method="encode")
+    B, W, T = tokens_BS.shape[0], num_beams, max_new_tokens
+    logits_RV, cache = _first_step(model, params, tokens_BS, segments_BS, B * W, T)
     model, params = layers.unrolled_for_decoding(model, params)
-    encoded_RSD = jnp.repeat(encoded_BSD, W, axis=0)  # R = B * W rows, beam w of input b at b * W + w
-    segments_RS = jnp.repeat(segments_BS, W, axis=0)
-    cache = _empty_cache(model, B * W, S, T)
-    logits_RV, cache = _step(model, params, cache, jnp.full((B * W, 1), START_ID, jnp.int32), encoded_RSD, segments_RS)
+    cache = layers.split_layers(cache)
     V = logits_RV.shape[-1]
     neg_inf = jnp.float32(-jnp.inf)
 
