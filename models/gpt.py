@@ -87,7 +87,7 @@ class Model(nn.Module):
             return embed.attend(x_BLD)
         w_DV = layers.param_with_axes(self, "lm_head", nn.initializers.normal(0.02),
                                       (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
-        return jnp.einsum("BLD,DV->BLV", x_BLD, w_DV.astype(x_BLD.dtype), preferred_element_type=jnp.float32)
+        return layers.project("BLD,DV->BLV", x_BLD, w_DV, out_dtype=jnp.float32)
 
 
 def validate(cfg: Config, seq_len: int) -> None:

@@ -278,7 +278,7 @@ class Model(nn.Module):
                              deterministic=deterministic, decode=decode)
         if self.cfg.tie_embeddings:  # v1.0 rescales before the tied head (Mesh TF's convention)
             return self.token_embed.attend(x_BLD * self.cfg.d_model ** -0.5)
-        return jnp.einsum("BLD,DV->BLV", x_BLD, self.lm_head.astype(x_BLD.dtype), preferred_element_type=jnp.float32)
+        return layers.project("BLD,DV->BLV", x_BLD, self.lm_head, out_dtype=jnp.float32)
 
 
 # ---- the family interface -----------------------------------------------------------------------

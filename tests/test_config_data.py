@@ -17,9 +17,9 @@ def base():
 
 def test_overrides_are_typed_and_checked():
     cfg = config_lib.apply_overrides(base(), ["optim.learning_rate=3e-4", "model.num_layers=2",
-                                              "model.remat=dots", "model.use_bias=false"])
+                                              "model.remat=full", "model.use_bias=false"])
     assert cfg.optim.learning_rate == 3e-4 and cfg.model.num_layers == 2
-    assert cfg.model.remat == "dots" and cfg.model.use_bias is False
+    assert cfg.model.remat == "full" and cfg.model.use_bias is False
     for bad, message in [("optim.nope=1", "unknown config key"), ("model.num_layers=2.5", "expects int"),
                          ("optim=1", "is a section"), ("optim.learning_rate", "key=value"),
                          ("model.use_bias=maybe", "true or false"), ("family=bert", "cannot be overridden")]:

@@ -154,6 +154,26 @@ def test_unrolled_decoding_form_computes_the_same_logits(cfg):
     np.testing.assert_allclose(last[:, 0], model.apply({"params": params}, ids)[:, -1], atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_remat_policies_give_the_same_loss_and_gradients(dtype):
+    _, params = _params(TINY)
+    params = _unbox(params)
+    batch = {k: jnp.asarray(v) for k, v in gpt.prepare_batch(gpt.pack_documents(
+        [list(range(3, 40)), list(range(5, 30))], seq_len=16, eos_id=1), None).items()}
+
+    def loss_and_grads(remat):
+        model = gpt.Model(dataclasses.replace(TINY, remat=remat, dtype=dtype))
+        fn = lambda p: gpt.loss_sums(model, p, batch, jax.random.key(0), train=True)["loss_sum"]
+        return jax.jit(jax.value_and_grad(fn))(params)
+
+    reference = loss_and_grads("none")
+    for remat in ("full", "dots", "dots_no_batch"):
+        loss, grads = loss_and_grads(remat)
+        np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_sampling_filters():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
     draws = lambda **kw: {int(decode.sample_logits(logits, jax.random.key(i), jnp.float32(1.0),

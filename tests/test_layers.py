@@ -1,0 +1,46 @@
+"""Shared layers against plain float32/float64 einsums."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo import layers
+
+CASES = [("BLD,DHK->BLHK", (2, 5, 8), (8, 3, 4)), ("BLHK,HKD->BLD", (2, 5, 3, 4), (3, 4, 8)),
+         ("BLD,VD->BLV", (2, 5, 8), (11, 8)), ("BD,DF->BF", (3, 8), (8, 6))]
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
+def test_project_in_float32_is_the_einsum(spec, x_shape, w_shape):
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=w_shape).astype(np.float32)
+    np.testing.assert_allclose(layers.project(spec, jnp.asarray(x), jnp.asarray(w)),
+                               np.einsum(spec, x.astype(np.float64), w.astype(np.float64)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
+def test_project_in_bfloat16_has_float64_gradients_to_bfloat16_accuracy(spec, x_shape, w_shape):
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=x_shape), rng.normal(size=w_shape).astype(np.float32)
+    g = rng.normal(size=np.einsum(spec, x, w).shape)
+    x_bf = jnp.asarray(x, jnp.bfloat16)
+    x64 = np.asarray(x_bf.astype(jnp.float32), np.float64)  # the exact values the bf16 path sees
+    w64 = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+    def loss(x, w):
+        y = layers.project(spec, x, w, out_dtype=jnp.float32)
+        return jnp.sum(y * g.astype(np.float32))
+
+    y = layers.project(spec, x_bf, jnp.asarray(w))
+    assert y.dtype == jnp.bfloat16
+    dx, dw = jax.grad(loss, argnums=(0, 1))(x_bf, jnp.asarray(w))
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32  # the weight gradient keeps the param dtype
+    x_axes, w_axes = spec.split("->")[0].split(",")
+    out_axes = spec.split("->")[1]
+    g_bf = np.asarray(jnp.asarray(g, jnp.bfloat16).astype(jnp.float32), np.float64)
+    ref_dx = np.einsum(f"{out_axes},{w_axes}->{x_axes}", g_bf, w64)
+    ref_dw = np.einsum(f"{x_axes},{out_axes}->{w_axes}", x64, g_bf)
+    np.testing.assert_allclose(np.einsum(spec, x64, w64), np.asarray(y.astype(jnp.float32)), rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dx.astype(jnp.float32)), ref_dx, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=1e-5, atol=1e-5)  # accumulated in float32
