@@ -56,14 +56,18 @@ PRESETS: dict[str, Config] = {
 
 
 class Model(nn.Module):
-    """Token ids [B, L] -> next-token logits [B, L, V] in float32 ([B, 1, V] with `last_only`)."""
+    """Token ids [B, L] -> next-token logits [B, L, V] in float32.
+
+    Decoding's call arguments: `last_only` gives the logits of the last position only ([B, 1, V]);
+    `per_layer` runs the layers as separate modules on params from `layers.split_layers`.
+    """
 
     cfg: Config
 
     @nn.compact
     def __call__(self, tokens_BL: jax.Array, segments_BL: jax.Array | None = None,
                  positions_BL: jax.Array | None = None, *, deterministic: bool = True,
-                 decode: bool = False, last_only: bool = False) -> jax.Array:
+                 decode: bool = False, last_only: bool = False, per_layer: bool = False) -> jax.Array:
         cfg = self.cfg
         if segments_BL is None:
             segments_BL = jnp.ones_like(tokens_BL)
@@ -77,7 +81,7 @@ class Model(nn.Module):
             x_BLD += jnp.take(pos_LD, positions_BL, axis=0).astype(x_BLD.dtype)
         x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
         x_BLD = layers.constrain(x_BLD, ("batch", "length", "embed"))
-        blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers)
+        blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers, per_layer)
         x_BLD, _ = blocks(cfg, causal=True, deterministic=deterministic, decode=decode, name="layers")(
             x_BLD, segments_BL, positions_BL)
         if last_only:  # a decoding prefill needs the next token after the prompt only

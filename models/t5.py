@@ -207,7 +207,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, x_BLD: jax.Array, segments_BL: jax.Array, encoded_BSD: jax.Array | None,
                  encoder_segments_BS: jax.Array | None, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, per_layer: bool = False) -> jax.Array:
         cfg = self.cfg
         L = x_BLD.shape[1]
         q_positions_L = k_positions_S = jnp.arange(L, dtype=jnp.int32)
@@ -222,7 +222,7 @@ class Decoder(nn.Module):
                 index.value = index.value + L
         bias_1HLS = relative_bias(_relpos_weights(self, cfg), q_positions_L, k_positions_S, False, cfg)
         x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
-        blocks = layers.scan_layers(DecoderBlock, cfg, cfg.decoder_layers)(
+        blocks = layers.scan_layers(DecoderBlock, cfg, cfg.decoder_layers, per_layer)(
             cfg, deterministic=deterministic, decode=decode, name="layers")
         positions_BL = jnp.broadcast_to(q_positions_L, segments_BL.shape)
         x_BLD, _ = blocks(x_BLD, segments_BL, positions_BL, bias_1HLS, encoded_BSD, encoder_segments_BS)
@@ -250,12 +250,12 @@ class Model(nn.Module):
 
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array,
                  encoder_segments: jax.Array | None = None, decoder_segments: jax.Array | None = None, *,
-                 deterministic: bool = True, decode: bool = False) -> jax.Array:
+                 deterministic: bool = True, decode: bool = False, per_layer: bool = False) -> jax.Array:
         encoded_BSD = self.encode(encoder_tokens, encoder_segments, deterministic=deterministic)
         if encoder_segments is None:
             encoder_segments = jnp.ones_like(encoder_tokens)
         return self.decode(decoder_tokens, encoded_BSD, encoder_segments, decoder_segments,
-                           deterministic=deterministic, decode=decode)
+                           deterministic=deterministic, decode=decode, per_layer=per_layer)
 
     def encode(self, encoder_tokens: jax.Array, encoder_segments: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
@@ -267,15 +267,18 @@ class Model(nn.Module):
 
     def decode(self, decoder_tokens: jax.Array, encoded_BSD: jax.Array | None,
                encoder_segments: jax.Array | None = None, decoder_segments: jax.Array | None = None, *,
-               deterministic: bool = True, decode: bool = False) -> jax.Array:
-        """Logits [B, L, V]; with decode=True, encoded_BSD is needed only on the first call."""
+               deterministic: bool = True, decode: bool = False, per_layer: bool = False) -> jax.Array:
+        """Logits [B, L, V]; with decode=True, encoded_BSD is needed only on the first call.
+
+        `per_layer` runs the decoder layers as separate modules on params from `layers.split_layers`.
+        """
         if decoder_segments is None:
             decoder_segments = jnp.ones_like(decoder_tokens)
         if encoded_BSD is not None and encoder_segments is None:
             encoder_segments = jnp.ones(encoded_BSD.shape[:2], jnp.int32)
         x_BLD = layers.constrain(self.token_embed(decoder_tokens), ("batch", "length", "embed"))
         x_BLD = self.decoder(x_BLD, decoder_segments, encoded_BSD, encoder_segments,
-                             deterministic=deterministic, decode=decode)
+                             deterministic=deterministic, decode=decode, per_layer=per_layer)
         if self.cfg.tie_embeddings:  # v1.0 rescales before the tied head (Mesh TF's convention)
             return self.token_embed.attend(x_BLD * self.cfg.d_model ** -0.5)
         return layers.project("BLD,DV->BLV", x_BLD, self.lm_head, out_dtype=jnp.float32)

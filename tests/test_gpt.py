@@ -146,10 +146,10 @@ def test_unrolled_decoding_form_computes_the_same_logits(cfg):
     model, params = _params(cfg)
     params = _unbox(params)
     ids = jnp.asarray(np.random.default_rng(4).integers(0, 64, (2, 9)))
-    unrolled, split = layers.unrolled_for_decoding(model, params)
+    split = layers.split_layers(params)
     assert set(split["layers"]) == {str(i) for i in range(cfg.num_layers)}
-    np.testing.assert_allclose(unrolled.apply({"params": split}, ids), model.apply({"params": params}, ids),
-                               atol=1e-6)
+    np.testing.assert_allclose(model.apply({"params": split}, ids, per_layer=True),
+                               model.apply({"params": params}, ids), atol=1e-6)
     last = model.apply({"params": params}, ids, last_only=True)
     np.testing.assert_allclose(last[:, 0], model.apply({"params": params}, ids)[:, -1], atol=1e-6)
 

@@ -64,10 +64,10 @@ def test_cached_step_logits_equal_the_full_forward(setup, unrolled):
     decoder[:, 0] = 0
     full = _forward(model)(params, TOKENS, decoder, SEGMENTS, None)
     encoded = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method="encode"))(params, TOKENS, SEGMENTS)
-    if unrolled:
-        model, params = layers.unrolled_for_decoding(model, params)
     cache = seq2seq._empty_cache(model, 2, TOKENS.shape[1], STEPS)
-    step = jax.jit(functools.partial(seq2seq._step, model))
+    if unrolled:
+        params, cache = layers.split_layers(params), layers.split_layers(cache)
+    step = jax.jit(functools.partial(seq2seq._step, model, per_layer=unrolled))
     for t in range(STEPS):
         first = t == 0  # only the first step passes the encoder output; later ones use cached keys/values
         logits, cache = step(params, cache, decoder[:, t:t + 1], encoded if first else None,

@@ -71,26 +71,25 @@ def _generate(model: nn.Module, params: Any, tokens_BP: jax.Array, segments_BP: 
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
     pick = lambda logits_BV, i: sample_logits(logits_BV, jax.random.fold_in(rng, i), temperature, top_k, top_p)
 
-    def forward(model: nn.Module, params: Any, cache: Any, tokens: jax.Array, segments: jax.Array,
-                positions: jax.Array) -> tuple[jax.Array, Any]:
+    def forward(params: Any, cache: Any, tokens: jax.Array, segments: jax.Array, positions: jax.Array,
+                per_layer: bool) -> tuple[jax.Array, Any]:
         logits, updated = model.apply({"params": params, "cache": cache}, tokens, segments, positions,
-                                      decode=True, last_only=True, mutable=["cache"])
+                                      decode=True, last_only=True, per_layer=per_layer, mutable=["cache"])
         return logits[:, -1], updated["cache"]
 
     # the prompt is compute-bound: one pass through the scanned stack
-    logits_BV, cache = forward(model, params, cache, tokens_BP, segments_BP, positions_BP)
+    logits_BV, cache = forward(params, cache, tokens_BP, segments_BP, positions_BP, per_layer=False)
     out_BT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(pick(logits_BV, 0))
     if max_new_tokens == 1:
         return out_BT
-    # one token per step is bound by reading the weights: run the unrolled stack
-    step_model, step_params = layers.unrolled_for_decoding(model, params)
-    cache = layers.split_layers(cache)
+    # one token per step is bound by reading the weights: run the layers on separate buffers
+    params, cache = layers.split_layers(params), layers.split_layers(cache)
     ones_B1 = jnp.ones((B, 1), jnp.int32)
 
     def body(i: int, carry: tuple) -> tuple:
         cache, out_BT, position_B1 = carry
         position_B1 = position_B1 + 1
-        logits_BV, cache = forward(step_model, step_params, cache, out_BT[:, i - 1, None], ones_B1, position_B1)
+        logits_BV, cache = forward(params, cache, out_BT[:, i - 1, None], ones_B1, position_B1, per_layer=True)
         return cache, out_BT.at[:, i].set(pick(logits_BV, i)), position_B1
 
     _, out_BT, _ = jax.lax.fori_loop(1, max_new_tokens, body, (cache, out_BT, positions_BP[:, -1:]))

@@ -53,10 +53,13 @@ def _empty_cache(model: nn.Module, batch: int, enc_len: int, dec_len: int) -> An
 
 
 def _step(model: nn.Module, params: Any, cache: Any, tokens_B1: jax.Array, encoded_BSD: jax.Array | None,
-          segments_BS: jax.Array | None) -> tuple[jax.Array, Any]:
-    """Logits [B, V] for one new decoder token per row, and the updated cache."""
+          segments_BS: jax.Array | None, per_layer: bool = False) -> tuple[jax.Array, Any]:
+    """Logits [B, V] for one new decoder token per row, and the updated cache.
+
+    With `per_layer`, params and cache come from `layers.split_layers` (the token loop's form).
+    """
     logits, updated = model.apply({"params": params, "cache": cache}, tokens_B1, encoded_BSD, segments_BS,
-                                  decode=True, mutable=["cache"], method="decode")
+                                  decode=True, per_layer=per_layer, mutable=["cache"], method="decode")
     return logits[:, -1], updated["cache"]
 
 
@@ -69,12 +72,11 @@ def _sample(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS: ja
     out_BT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(pick(logits_BV, 0))
     if max_new_tokens == 1:
         return out_BT
-    model, params = layers.unrolled_for_decoding(model, params)  # later steps are bound by weight reads
-    cache = layers.split_layers(cache)
+    params, cache = layers.split_layers(params), layers.split_layers(cache)  # later steps read weights
 
     def body(i: int, carry: tuple) -> tuple:
         cache, out_BT = carry
-        logits_BV, cache = _step(model, params, cache, out_BT[:, i - 1, None], None, None)
+        logits_BV, cache = _step(model, params, cache, out_BT[:, i - 1, None], None, None, per_layer=True)
         return cache, out_BT.at[:, i].set(pick(logits_BV, i))
 
     _, out_BT = jax.lax.fori_loop(1, max_new_tokens, body, (cache, out_BT))
@@ -94,7 +96,7 @@ def _first_step(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_BS
 def _reorder(cache: Any, rows: jax.Array) -> Any:
     """Gather the decoder self-attention cache by row (beam search's surviving parents).
 
-    Decoding runs unrolled layers, whose cache entries are [batch, ...]; the cross-attention ones
+    The token loop runs per-layer caches, whose entries are [batch, ...]; the cross-attention ones
     are the same for every beam of an input and are left alone, as are the scalar cache indices.
     """
     def gather(path: tuple, x: jax.Array) -> jax.Array:
@@ -116,8 +118,7 @@ def _beam_search(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_B
                  num_beams: int) -> tuple[jax.Array, jax.Array]:
     B, W, T = tokens_BS.shape[0], num_beams, max_new_tokens
     logits_RV, cache = _first_step(model, params, tokens_BS, segments_BS, B * W, T)
-    model, params = layers.unrolled_for_decoding(model, params)
-    cache = layers.split_layers(cache)
+    params, cache = layers.split_layers(params), layers.split_layers(cache)
     V = logits_RV.shape[-1]
     neg_inf = jnp.float32(-jnp.inf)
 
@@ -143,7 +144,7 @@ def _beam_search(model: nn.Module, params: Any, tokens_BS: jax.Array, segments_B
     def body(i: int, carry: tuple) -> tuple:
         logits_RV, cache, state = carry
         state, rows, tokens_R = select(i, logits_RV, state)
-        logits_RV, cache = _step(model, params, _reorder(cache, rows), tokens_R[:, None], None, None)
+        logits_RV, cache = _step(model, params, _reorder(cache, rows), tokens_R[:, None], None, None, per_layer=True)
         return logits_RV, cache, state
 
     first_lp = jnp.where(jnp.arange(W) == 0, 0.0, neg_inf)  # one live beam at first, so no duplicates
