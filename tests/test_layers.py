@@ -21,6 +21,18 @@ def test_project_in_float32_is_the_einsum(spec, x_shape, w_shape):
 
 @pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
 def test_project_in_bfloat16_has_float64_gradients_to_bfloat16_accuracy(spec, x_shape, w_shape):
+    check_bfloat16_project(spec, x_shape, w_shape)
+
+
+def test_project_in_bfloat16_on_one_cpu_device(script):
+    """One CPU device takes another backward path (the weight gradient's operand copied transposed)."""
+    code = ("import sys; sys.path.insert(0, 'tests'); import jax, test_layers; assert jax.device_count() == 1\n"
+            "for case in test_layers.CASES: test_layers.check_bfloat16_project(*case)")
+    script("-c", code, devices=1)
+
+
+def check_bfloat16_project(spec, x_shape, w_shape):
+    """bfloat16 `project` and its gradients against float64 einsums of the same (rounded) inputs."""
     rng = np.random.default_rng(1)
     x, w = rng.normal(size=x_shape), rng.normal(size=w_shape).astype(np.float32)
     g = rng.normal(size=np.einsum(spec, x, w).shape)
@@ -34,7 +46,7 @@ def test_project_in_bfloat16_has_float64_gradients_to_bfloat16_accuracy(spec, x_
 
     y = layers.project(spec, x_bf, jnp.asarray(w))
     assert y.dtype == jnp.bfloat16
-    dx, dw = jax.grad(loss, argnums=(0, 1))(x_bf, jnp.asarray(w))
+    dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x_bf, jnp.asarray(w))
     assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32  # the weight gradient keeps the param dtype
     x_axes, w_axes = spec.split("->")[0].split(",")
     out_axes = spec.split("->")[1]
