@@ -37,6 +37,20 @@ def run_script(*args: str, devices: int = 1, timeout: float = 300, check: bool =
     return proc
 
 
+def perturbed(model, scale: float = 0.05):
+    """A torch model with every parameter moved by seeded noise, in eval mode.
+
+    Hugging Face inits biases and norms to constants; randomising them all makes a weight mapping
+    that swaps or drops a tensor show up in the logits.
+    """
+    import torch
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
 @pytest.fixture
 def script():
     """The run_script helper as a fixture."""

@@ -11,20 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import perturbed
 from models import bert, bert_tasks
 from zoo.tokenizer import HFTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def _perturbed(model):
-    """HF inits biases and norms to constants; randomise every parameter so the mapping is really tested."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def _hf_config(kind: str, **kw):
@@ -86,7 +78,7 @@ def test_hf_parity_and_save_hf_round_trip(name, tmp_path):
 
     kind, cls_name, hf_key, our_key = HF_MODELS[name]
     hf_cls = getattr(transformers, cls_name)
-    hf = _perturbed(hf_cls(_hf_config(kind, num_labels=3)))
+    hf = perturbed(hf_cls(_hf_config(kind, num_labels=3)), scale=0.1)
     hf.save_pretrained(tmp_path / "hf")
     m = zoo.load_hf(str(tmp_path / "hf"))  # config.json + model.safetensors -> config_from_hf, params_from_hf
     assert m.num_params == sum(p.numel() for p in hf.parameters())
@@ -112,8 +104,8 @@ def test_hf_parity_and_save_hf_round_trip(name, tmp_path):
 
 
 def test_hf_names_without_prefix_and_tf_era_layernorm_names():
-    hf = _perturbed(transformers.BertForSequenceClassification(
-        _hf_config("bert", architectures=["BertForSequenceClassification"])))
+    hf = perturbed(transformers.BertForSequenceClassification(
+        _hf_config("bert", architectures=["BertForSequenceClassification"])), scale=0.1)
     cfg = bert.config_from_hf(hf.config.to_dict())
     assert (cfg.task, cfg.num_labels) == ("classify", 2)
     tensors = _state_dict(hf)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
+from conftest import perturbed
 from models import gpt
 from zoo import decode
 
@@ -17,15 +18,6 @@ transformers = pytest.importorskip("transformers")
 TINY = gpt.Config(num_layers=2, d_model=32, num_heads=4, d_ff=64, vocab_size=64, max_len=32)
 TINY_MODERN = dataclasses.replace(gpt.PRESETS["gpt-modern-tiny"], num_layers=2, d_model=32, num_heads=4,
                                   num_kv_heads=2, d_ff=48, vocab_size=64, max_len=64)
-
-
-def _perturbed(model):
-    """HF inits biases and norms to constants; randomise everything so the mapping is really tested."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def _torch_logits(model, ids, mask=None):
@@ -43,7 +35,7 @@ def test_hf_parity_and_round_trip(kind, tmp_path):
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=96, vocab_size=100, max_position_embeddings=64))
-    hf = _perturbed(hf)
+    hf = perturbed(hf)
     hf.save_pretrained(tmp_path / "hf")
     m = zoo.load_hf(str(tmp_path / "hf"))
     assert m.num_params == sum(p.numel() for p in hf.parameters())
@@ -188,7 +180,7 @@ def test_sampling_filters():
 
 
 def test_greedy_generate_matches_hugging_face(tmp_path):
-    hf = _perturbed(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+    hf = perturbed(transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64)))
     hf.save_pretrained(tmp_path)
     m = zoo.load_hf(str(tmp_path))

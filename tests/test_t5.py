@@ -11,6 +11,7 @@ import pytest
 
 import test_seq2seq
 import zoo
+from conftest import perturbed
 from models import t5, t5_tasks
 from zoo import seq2seq
 
@@ -31,12 +32,7 @@ def _hf_model(feed_forward_proj: str, tie: bool, decoder_layers: int = 3):
         vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=decoder_layers, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=20, feed_forward_proj=feed_forward_proj,
         tie_word_embeddings=tie, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed(transformers.T5ForConditionalGeneration(config))
 
 
 def _torch_logits(model, ids, dec, mask=None):
