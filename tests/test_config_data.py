@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import threading
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,6 +77,18 @@ def test_batches_are_a_pure_function_of_the_index_and_split_across_processes():
         np.testing.assert_array_equal(joined, batch["inputs"])
     epoch = np.concatenate([whole.row_indices(i) for i in range(whole.batches_per_epoch)])
     assert len(set(epoch.tolist())) == len(epoch)  # each row at most once per epoch
+
+
+def test_prefetch_yields_the_batches_in_order_and_closing_joins_its_thread():
+    batches = data.Batches(rows_table(), 8, gpt.prepare_batch, seed=3)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    stream = data.prefetch(batches, 5, {k: sharding for k in batches.get(0)})
+    for index in (5, 6, 7):
+        np.testing.assert_array_equal(np.asarray(next(stream)["inputs"]), batches.get(index)["inputs"])
+    assert any(t.name == "zoo-prefetch" for t in threading.enumerate())
+    stream.close()
+    # a daemon thread caught inside a device transfer at interpreter exit aborts the process
+    assert not any(t.name == "zoo-prefetch" for t in threading.enumerate())
 
 
 def test_final_partial_eval_batch_is_padded_with_zero_weight():

@@ -182,7 +182,11 @@ def to_global(batch: dict[str, np.ndarray], shardings: dict[str, jax.sharding.Na
 
 def prefetch(batches: Batches, start: int, shardings: dict[str, jax.sharding.NamedSharding],
              depth: int = 2) -> Iterator[dict[str, jax.Array]]:
-    """Batches `start`, `start+1`, ... prepared and placed on devices by a background thread."""
+    """Batches `start`, `start+1`, ... prepared and placed on devices by a background thread.
+
+    Close the generator (or let it run out) before the process exits: closing stops and joins
+    the thread, which must not be inside a device transfer when the interpreter shuts down.
+    """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -203,7 +207,7 @@ def prefetch(batches: Batches, start: int, shardings: dict[str, jax.sharding.Nam
                 return
             index += 1
 
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=work, name="zoo-prefetch", daemon=True)
     thread.start()
     try:
         while True:
@@ -213,3 +217,4 @@ def prefetch(batches: Batches, start: int, shardings: dict[str, jax.sharding.Nam
             yield item
     finally:
         stop.set()
+        thread.join()

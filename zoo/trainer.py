@@ -74,10 +74,11 @@ def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = F
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops_per_token = exp.family.flops_per_token(cfg.model, cfg.data.seq_len)
     bar = tqdm(total=t.steps, initial=start, disable=quiet or not is_main, unit="step", dynamic_ncols=True)
-    batches = data.prefetch(train_batches, position, exp.layout.batch_shardings)
+    prefetched = data.prefetch(train_batches, position, exp.layout.batch_shardings)
     pending: tuple[int, Any] | None = None
     window_start, window_steps = time.perf_counter(), 0
-    with preemption_flag() as preempted, steps.on_mesh(exp.mesh):
+    # closing() stops the prefetch thread before we return, so it is never mid-transfer at exit
+    with contextlib.closing(prefetched) as batches, preemption_flag() as preempted, steps.on_mesh(exp.mesh):
         for step in range(start, t.steps):
             state, step_metrics = train_step(state, next(batches))
             position += 1
