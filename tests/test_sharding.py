@@ -83,7 +83,7 @@ def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
     w_q = state.params["layers"]["attn"]["w_q"]  # [layers, embed, heads, kv]
     assert w_q.sharding.spec == P(None, "fsdp", "tensor", None)
     assert w_q.addressable_shards[0].data.shape == (1, 32, 4, 8)  # embed/2 (fsdp), heads/2 (tensor)
-    mu = state.opt_state[1][0].mu["layers"]["mlp"]["w_in"]  # Adam moment follows its param (ZeRO-3)
+    mu = state.opt_state.mu["layers"]["mlp"]["w_in"]  # Adam moment follows its param (ZeRO-3)
     assert mu.sharding.spec == P(None, "fsdp", "tensor")
     embedding = state.params["token_embed"]["embedding"]
     assert embedding.sharding.spec == P("tensor", "fsdp")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,25 +51,61 @@ def trainable_mask(params: Any, freeze_layers: int) -> Any:
     return jax.tree_util.tree_map_with_path(mask_for, params)
 
 
-def freeze(mask: Any) -> optax.GradientTransformation:
-    """Zero the updates of frozen entries so that those params stay bit-identical."""
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, mask), state
+class AdamWState(NamedTuple):
+    """The step count and Adam's first and second moments (one of each per param)."""
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def clipped_adamw(schedule: optax.Schedule, b1: float, b2: float, eps: float, weight_decay: float,
+                  decays: Any, clip_norm: float = 0.0, trainable: Any = None) -> optax.GradientTransformation:
+    """AdamW (decoupled decay on the leaves where `decays` is True) after global-norm clipping.
+
+    The same updates as `optax.chain(clip_by_global_norm(clip_norm), adamw(schedule, ..., mask=decays))`,
+    computed in one elementwise pass per leaf: optax's chain of transforms, each a tree map, costs
+    about four times the memory traffic on CPU. `trainable` (per-leaf float masks, or None) zeroes
+    the gradients of frozen entries before the norm and their updates after the decay, so frozen
+    params never move.
+    """
+    def init(params: Any) -> AdamWState:
+        return AdamWState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params),
+                          nu=jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads: Any, state: AdamWState, params: Any = None) -> tuple[Any, AdamWState]:
+        if trainable is not None:
+            grads = jax.tree.map(lambda g, keep: g * jnp.asarray(keep, g.dtype), grads, trainable)
+        scale = jnp.float32(1.0)
+        if clip_norm > 0:
+            norm = optax.tree.norm(grads)
+            scale = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
+        count = state.count + 1
+        step_size = -schedule(state.count)
+        bias1 = 1 - b1 ** count.astype(jnp.float32)
+        bias2 = 1 - b2 ** count.astype(jnp.float32)
+
+        def leaf(g, mu, nu, p, decay, keep):
+            g = g * scale.astype(g.dtype)
+            mu = b1 * mu + (1 - b1) * g
+            nu = b2 * nu + (1 - b2) * jnp.square(g)
+            u = (mu / bias1) / (jnp.sqrt(nu / bias2) + eps)
+            if decay:
+                u = u + weight_decay * p
+            u = step_size * u
+            return (u if trainable is None else u * jnp.asarray(keep, u.dtype)), mu, nu
+
+        keeps = decays if trainable is None else trainable  # unused without frozen entries
+        out = jax.tree.map(leaf, grads, state.mu, state.nu, params, decays, keeps)
+        part = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=lambda x: isinstance(x, tuple))
+        return part(0), AdamWState(count=count, mu=part(1), nu=part(2))
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any) -> optax.GradientTransformation:
-    """The run's optimizer; `params` (unboxed arrays or shapes) gives the tree for the masks.
-
-    Frozen entries are masked twice: their gradients before clipping (so they do not count in the
-    global norm) and their updates after AdamW (so weight decay cannot move them).
-    """
-    frozen = [freeze(trainable_mask(params, cfg.freeze_layers))] if cfg.freeze_layers else []
-    chain = list(frozen)
-    if cfg.clip_norm > 0:
-        chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    chain.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
-                             eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(params)))
-    return optax.chain(*chain, *frozen)
+    """The run's optimizer; `params` (unboxed arrays or shapes) gives the tree for the masks."""
+    trainable = trainable_mask(params, cfg.freeze_layers) if cfg.freeze_layers else None
+    return clipped_adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                         weight_decay=cfg.weight_decay, decays=decay_mask(params), clip_norm=cfg.clip_norm,
+                         trainable=trainable)

@@ -128,15 +128,19 @@ def make_train_step(family: types.ModuleType, model: nn.Module, tx: optax.Gradie
                     sums_and_grads, state.params, jax.tree.map(lambda x: x[0], _micro_batches(batch, grad_accum)), rng))
                 (sums, grads), _ = jax.lax.scan(body, zeros, (_micro_batches(batch, grad_accum), jnp.arange(grad_accum)))
             weight = jnp.maximum(sums["weight_sum"], 1.0)
-            grads = jax.tree.map(lambda g: g / weight, grads)
             loss = sums["loss_sum"] / weight
-            grad_norm = optax.tree.norm(grads)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            grad_norm = optax.tree.norm(grads) / weight
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-            new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                                   opt_state=keep(opt_state, state.opt_state),
+
+            def apply(params: Any, opt_state: Any) -> tuple[Any, Any]:
+                # dividing here, inside the branch, fuses into the update instead of writing a copy
+                updates, opt_state = tx.update(jax.tree.map(lambda g: g / weight, grads), opt_state, params)
+                return optax.apply_updates(params, updates), opt_state
+
+            # A cond, not an elementwise where(ok, new, old): on CPU that select makes the update
+            # about 3.5x slower, and a skipped step need not compute the update at all.
+            params, opt_state = jax.lax.cond(ok, apply, lambda p, s: (p, s), state.params, state.opt_state)
+            new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                    bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
             metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                        "skipped": (~ok).astype(jnp.int32), "bad_steps": new_state.bad_steps,
