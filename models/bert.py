@@ -151,7 +151,7 @@ class Model(nn.Module):
         x_BLD += jnp.take(pos_PD, positions_BL, axis=0).astype(x_BLD.dtype)
         x_BLD += jnp.take(type_TD, token_types_BL, axis=0).astype(x_BLD.dtype)
         x_BLD = layers.Norm(cfg, name="embed_norm")(x_BLD)  # BERT normalises the summed embeddings
-        x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+        x_BLD = layers.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
         x_BLD = layers.constrain(x_BLD, ("batch", "length", "embed"))
         blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers)
         x_BLD, _ = blocks(cfg, causal=False, deterministic=deterministic, name="layers")(
@@ -161,7 +161,7 @@ class Model(nn.Module):
     def _heads(self, embed: layers.Embed, x_BLD: jax.Array, target_positions_BP: jax.Array | None,
                deterministic: bool) -> dict[str, jax.Array]:
         cfg = self.cfg
-        drop = nn.Dropout(cfg.dropout)
+        drop = layers.Dropout(cfg.dropout)
         if target_positions_BP is not None:  # token-level heads only where targets are
             x_BPD = jnp.take_along_axis(x_BLD, target_positions_BP[..., None], axis=1)
         else:

@@ -79,7 +79,7 @@ class Model(nn.Module):
             pos_LD = layers.param_with_axes(self, "pos_embed", nn.initializers.normal(0.01),
                                             (cfg.max_len, cfg.d_model), (None, "embed"), cfg)
             x_BLD += jnp.take(pos_LD, positions_BL, axis=0).astype(x_BLD.dtype)
-        x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+        x_BLD = layers.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
         x_BLD = layers.constrain(x_BLD, ("batch", "length", "embed"))
         blocks = layers.scan_layers(layers.SelfAttentionBlock, cfg, cfg.num_layers, per_layer)
         x_BLD, _ = blocks(cfg, causal=True, deterministic=deterministic, decode=decode, name="layers")(

@@ -188,11 +188,11 @@ class Encoder(nn.Module):
         cfg = self.cfg
         positions_S = jnp.arange(x_BSD.shape[1])
         bias_1HSS = relative_bias(_relpos_weights(self, cfg), positions_S, positions_S, True, cfg)
-        x_BSD = nn.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
+        x_BSD = layers.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
         blocks = layers.scan_layers(EncoderBlock, cfg, cfg.num_layers)(cfg, deterministic=deterministic, name="layers")
         x_BSD, _ = blocks(x_BSD, segments_BS, jnp.broadcast_to(positions_S, segments_BS.shape), bias_1HSS)
         x_BSD = layers.Norm(cfg, name="final_norm")(x_BSD)
-        return nn.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
+        return layers.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -221,13 +221,13 @@ class Decoder(nn.Module):
             if not is_init:
                 index.value = index.value + L
         bias_1HLS = relative_bias(_relpos_weights(self, cfg), q_positions_L, k_positions_S, False, cfg)
-        x_BLD = nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+        x_BLD = layers.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
         blocks = layers.scan_layers(DecoderBlock, cfg, cfg.decoder_layers, per_layer)(
             cfg, deterministic=deterministic, decode=decode, name="layers")
         positions_BL = jnp.broadcast_to(q_positions_L, segments_BL.shape)
         x_BLD, _ = blocks(x_BLD, segments_BL, positions_BL, bias_1HLS, encoded_BSD, encoder_segments_BS)
         x_BLD = layers.Norm(cfg, name="final_norm")(x_BLD)
-        return nn.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
+        return layers.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
 
 
 class Model(nn.Module):

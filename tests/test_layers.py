@@ -56,3 +56,21 @@ def check_bfloat16_project(spec, x_shape, w_shape):
     np.testing.assert_allclose(np.einsum(spec, x64, w64), np.asarray(y.astype(jnp.float32)), rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(np.asarray(dx.astype(jnp.float32)), ref_dx, rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=1e-5, atol=1e-5)  # accumulated in float32
+
+
+@pytest.mark.parametrize("rate,shape", [(0.1, (64, 100, 64)), (0.5, (32, 50, 33)), (0.9, (64, 10, 128))])
+def test_dropout_keeps_each_entry_with_probability_one_minus_rate_and_is_unbiased(rate, shape):
+    x = jnp.asarray(np.random.default_rng(0).uniform(1.0, 2.0, size=shape), jnp.float32)
+    drop = layers.Dropout(rate)
+    y = np.asarray(drop.apply({}, x, False, rngs={"dropout": jax.random.key(3)}))
+    kept = y != 0
+    keep_prob = round((1 - rate) * 65536) / 65536
+    assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / x.size)
+    np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / keep_prob, rtol=1e-6)
+    assert abs(y.mean() - np.asarray(x).mean()) < 5 * y.std() / np.sqrt(x.size)  # unbiased
+    # neighbours along the last axis (the two 16-bit halves of one random word among them) are independent
+    assert abs(np.corrcoef(kept[..., :-1].ravel(), kept[..., 1:].ravel())[0, 1]) < 0.02
+    other = np.asarray(drop.apply({}, x, False, rngs={"dropout": jax.random.key(4)})) != 0
+    assert (other != kept).mean() > rate * (1 - rate)  # another key draws another mask
+    np.testing.assert_array_equal(drop.apply({}, x, True), x)  # deterministic: the identity
+    np.testing.assert_array_equal(layers.Dropout(0.0).apply({}, x, False), x)

@@ -185,6 +185,31 @@ class Norm(nn.Module):
         return (x * scale_D + bias_D).astype(compute_dtype(cfg))
 
 
+class Dropout(nn.Module):
+    """Inverted dropout whose keep mask costs 16 random bits per element instead of 32.
+
+    The keep probability is rounded to a multiple of 1/65536 (0.9 becomes 0.899994), and kept
+    values are scaled by the inverse of that rounded probability, so the output stays unbiased.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        threshold = round((1.0 - self.rate) * 65536)  # keep where 16 random bits fall below it
+        if threshold >= 65536:
+            return x
+        if threshold <= 0:
+            return jnp.zeros_like(x)
+        last = x.shape[-1]
+        words = jax.random.bits(self.make_rng("dropout"), x.shape[:-1] + ((last + 1) // 2,), jnp.uint32)
+        halves = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., (last+1)//2, 2]
+        halves = halves.reshape(x.shape[:-1] + (-1,))[..., :last]
+        return jnp.where(halves < threshold, x * jnp.asarray(65536 / threshold, x.dtype), jnp.zeros((), x.dtype))
+
+
 class Embed(nn.Module):
     """Token embedding table; `attend` reuses it as the tied output projection."""
 
@@ -321,7 +346,7 @@ class Attention(nn.Module):
         out_BLD = project("BLHK,HKD->BLD", out_BLHK, w_o_HKD)
         if cfg.use_bias:
             out_BLD += param_with_axes(self, "b_o", nn.initializers.zeros, (D,), ("embed",), cfg).astype(dtype)
-        return nn.Dropout(cfg.dropout)(out_BLD, deterministic=deterministic)
+        return Dropout(cfg.dropout)(out_BLD, deterministic=deterministic)
 
     def _cross_cache(self, k_BSGK: Array | None, v_BSGK: Array | None, segments_BS: Array | None):
         """Store cross-attention keys/values/segments when given; return the cached ones."""
@@ -380,12 +405,12 @@ class Mlp(nn.Module):
             w_gate_DF = param_with_axes(self, "w_gate", init, (D, F), ("embed", "mlp"), cfg)
             h_BLF = h_BLF * project("BLD,DF->BLF", x_BLD, w_gate_DF)
         h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
-        h_BLF = nn.Dropout(cfg.dropout)(h_BLF, deterministic=deterministic)
+        h_BLF = Dropout(cfg.dropout)(h_BLF, deterministic=deterministic)
         w_out_FD = param_with_axes(self, "w_out", init, (F, D), ("mlp", "embed"), cfg)
         out_BLD = project("BLF,FD->BLD", h_BLF, w_out_FD)
         if cfg.use_bias:
             out_BLD += param_with_axes(self, "b_out", nn.initializers.zeros, (D,), ("embed",), cfg).astype(dtype)
-        return nn.Dropout(cfg.dropout)(out_BLD, deterministic=deterministic)
+        return Dropout(cfg.dropout)(out_BLD, deterministic=deterministic)
 
 
 class SelfAttentionBlock(nn.Module):
