@@ -64,10 +64,10 @@ def clipped_adamw(schedule: optax.Schedule, b1: float, b2: float, eps: float, we
     """AdamW (decoupled decay on the leaves where `decays` is True) after global-norm clipping.
 
     The same updates as `optax.chain(clip_by_global_norm(clip_norm), adamw(schedule, ..., mask=decays))`,
-    computed in one elementwise pass per leaf: optax's chain of transforms, each a tree map, costs
-    about four times the memory traffic on CPU. `trainable` (per-leaf float masks, or None) zeroes
-    the gradients of frozen entries before the norm and their updates after the decay, so frozen
-    params never move.
+    computed in one elementwise pass per leaf: optax's chain of transforms, each a tree map, takes
+    three times as long on CPU (gpt2-small: 370 against 120 ms). `trainable` (per-leaf float masks,
+    or None) zeroes the gradients of frozen entries before the norm and their updates after the
+    decay, so frozen params never move.
     """
     def init(params: Any) -> AdamWState:
         return AdamWState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params),
