@@ -10,7 +10,7 @@ import pytest
 import zoo
 from conftest import perturbed
 from models import gpt
-from zoo import decode
+from zoo import decode, layers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -159,7 +159,7 @@ def test_remat_policies_give_the_same_loss_and_gradients(dtype):
         return jax.jit(jax.value_and_grad(fn))(params)
 
     reference = loss_and_grads("none")
-    for remat in ("full", "dots", "dots_no_batch"):
+    for remat in layers.REMAT_POLICIES:
         loss, grads = loss_and_grads(remat)
         np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):

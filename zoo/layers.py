@@ -24,6 +24,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 Array = jax.Array
@@ -52,7 +53,10 @@ class TransformerConfig:
     dropout: float = 0.0
     dtype: str = "float32"  # compute dtype for activations and matmuls
     param_dtype: str = "float32"
-    remat: str = "dots"  # none | full | dots (save matmul outputs, recompute the rest) | dots_no_batch
+    # what the backward pass keeps of each layer: projections (every weight projection's output, in
+    # the compute dtype; attention scores and elementwise work are recomputed) | dots (every matmul
+    # output, in float32) | dots_no_batch | full (nothing: recompute the layer) | none (no remat)
+    remat: str = "projections"
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
 
     @property
@@ -104,7 +108,8 @@ def project(spec: str, x: Array, w: Array, out_dtype: Any = None) -> Array:
     w_2d = w.reshape(-1, size_c) if weight_last else w.reshape(size_c, -1)
     matmul = _matmul if x.dtype == jnp.float32 else _low_precision_matmul
     y_RF = matmul(weight_last, x_RC, w_2d)
-    return y_RF.astype(jnp.dtype(out_dtype or x.dtype)).reshape(out_shape)
+    y = y_RF.astype(jnp.dtype(out_dtype or x.dtype)).reshape(out_shape)
+    return checkpoint_name(y, "projection")  # what the default remat policy saves
 
 
 def _matmul(weight_last: bool, x_RC: Array, w: Array) -> Array:
@@ -444,9 +449,10 @@ def residual(cfg: TransformerConfig, norm: Norm, x_BLD: Array, sublayer: Callabl
 
 
 REMAT_POLICIES: dict[str, Any] = {
-    "full": jax.checkpoint_policies.nothing_saveable,
+    "projections": jax.checkpoint_policies.save_only_these_names("projection"),
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "full": jax.checkpoint_policies.nothing_saveable,
 }
 
 
