@@ -6,19 +6,19 @@ the current devices (any mesh), and prints validation metrics and sampled contin
 
 import sys
 
-from zoo import cli, experiment, runs
+from zoo import cli, experiment, runs, sharding, workdir
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.eval_parser().parse_args(argv)
     with cli.user_errors():
-        cli.init_distributed(args)
-        cfg = cli.with_mesh_flag(experiment.load_config(args.workdir), args.mesh)
-        exp = experiment.build(cfg, args.workdir, tokenizer=runs.workdir_tokenizer(args.workdir))
+        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+        cfg = cli.with_mesh_flag(workdir.load_config(args.workdir), args.mesh)
+        exp = experiment.build(cfg, args.workdir, tokenizer=workdir.require_tokenizer(args.workdir))
         params, step = runs.restore_params(exp, args.step)
         summary = runs.report(exp, params, step=step, samples=args.samples)
         if args.json:
-            runs.write_json(args.json, summary)
+            workdir.write_json(args.json, summary)
     return 0
 
 

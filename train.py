@@ -6,16 +6,16 @@ Re-running on a workdir resumes from its latest checkpoint.
 
 import sys
 
-from zoo import cli, experiment, runs, trainer
+from zoo import cli, experiment, runs, sharding, trainer, workdir
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.train_parser().parse_args(argv)
     with cli.user_errors():
-        cli.init_distributed(args)
-        cfg = cli.train_config(args)
-        exp = experiment.build(cfg, args.workdir, tokenizer=runs.init_from_tokenizer(args.workdir, args.init_from))
-        experiment.save_config(exp.config, args.workdir)
+        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+        cfg = workdir.run_config(args.workdir, args.model, cli.overrides(args))
+        exp = experiment.build(cfg, args.workdir, init_from=args.init_from)
+        workdir.save_config(exp.config, args.workdir)
         state, position = runs.restore_or_init(exp, init_from=args.init_from)
         state = trainer.fit(exp, state, position)
         runs.report(exp, state.params)

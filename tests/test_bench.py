@@ -1,31 +1,33 @@
 """`python -m zoo.bench` on a tiny shape: JSON structure and positivity only, never speed."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 import models
-from zoo import bench, peers
+from zoo.bench import __main__ as bench, compare, peers, report
 
-TINY = ["--model", "gpt-tiny", "--set", "model.num_layers=2", "--set", "model.d_model=64", "--set", "model.d_ff=128",
-        "--set", "model.vocab_size=256", "--batch-size", "8", "--seq-len", "16", "--steps", "2"]
+SMALL = ["--set", "model.num_layers=2", "--set", "model.d_model=64", "--set", "model.d_ff=128",
+         "--set", "model.vocab_size=256", "--batch-size", "8", "--seq-len", "16", "--steps", "2"]
+TINY = ["--model", "gpt-tiny", *SMALL]
 
 
 def positive(value) -> bool:
     return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
 
 
-def run_bench(tmp_path, *extra: str) -> dict:
+def run_bench(tmp_path, *args: str) -> dict:
     path = tmp_path / "bench.json"
-    assert bench.main([*TINY, "--json", str(path), *extra]) == 0
+    assert bench.main([*args, "--json", str(path)]) == 0
     return json.loads(path.read_text())
 
 
 def test_every_section(tmp_path, monkeypatch, capsys) -> None:
     # A missing peer stack is reported and the run goes on (exit status 0).
     monkeypatch.setattr(peers, "peer_available", lambda backend: f"{backend} peer unavailable; install it")
-    r = run_bench(tmp_path, "--decode-batch", "1", "--prompt-len", "4", "--new-tokens", "3",
+    r = run_bench(tmp_path, *TINY, "--decode-batch", "1", "--prompt-len", "4", "--new-tokens", "3",
                   "--input-data", "synthetic", "--input-batches", "3", "--depths", "1,2", "--vs", "hf-flax")
     out = capsys.readouterr().out
     for heading in ("train", "decode", "input:", "compile vs depth", "matmul", "hf-flax peer unavailable; install it"):
@@ -40,6 +42,7 @@ def test_every_section(tmp_path, monkeypatch, capsys) -> None:
         assert positive(t[key]), (key, t[key])
     assert t["step_s_min"] <= t["step_s_median"] <= t["step_s_max"] and t["first_step_s"] >= t["compile_s"]
     assert isinstance(t["peak_mem_bytes"], int) and t["peak_mem_bytes"] >= 0 and math.isfinite(t["loss"])
+    assert t["batch_shapes"]["inputs"] == [8, 16]
     d = r["decode"]["batch_1"]
     assert positive(d["tokens_per_s"]) and positive(d["first_token_s"]) and d["shortest_row"] <= 3
     assert positive(r["input"]["batches_per_s"]) and positive(r["input"]["ratio_vs_step"])
@@ -47,19 +50,28 @@ def test_every_section(tmp_path, monkeypatch, capsys) -> None:
     assert positive(c["layers_1_s"]) and positive(c["layers_2_s"]) and positive(c["ratio"])
 
 
+def _check_peer(result: dict, backend: str) -> dict:
+    p = result["peers"][backend]
+    assert "mismatch" not in p and "error" not in p["train"], p
+    assert positive(p["train"]["tokens_per_s"]) and positive(p["train"]["mfu"])
+    for key in ("tokens_per_s", "step_s_median", "first_step_s", "mfu"):
+        assert positive(p["ratios"][f"train_{key}"]), (backend, key)
+    return p
+
+
 def test_peers_train_in_the_same_run(tmp_path) -> None:
     for backend in peers.BACKENDS:
         if peers.peer_available(backend) is not None:
             pytest.skip(peers.peer_available(backend))
-    # hf-torch in its own process (the default), hf-flax in this one.
-    r = run_bench(tmp_path, "--only", "train", "--vs", "hf-torch")
-    s = run_bench(tmp_path, "--only", "train", "--vs", "hf-flax", "--peer-process", "inline")
-    for result, backend in ((r, "hf-torch"), (s, "hf-flax")):
-        p = result["peers"][backend]
-        assert p["shape"]["d_model"] == 64 and p["shape"]["num_layers"] == 2 and "mismatch" not in p
-        assert positive(p["train"]["tokens_per_s"]) and positive(p["train"]["mfu"])
-        for key in ("tokens_per_s", "step_s_median", "first_step_s", "mfu"):
-            assert positive(p["ratios"][f"train_{key}"]), (backend, key)
+    # hf-torch in its own process (the default) on GPT-2; hf-flax in this one on T5, the shim included.
+    r = run_bench(tmp_path, *TINY, "--only", "train", "--vs", "hf-torch")
+    p = _check_peer(r, "hf-torch")
+    assert (p["hf_config"]["architectures"], p["hf_config"]["n_embd"], p["hf_config"]["n_layer"]) == (
+        ["GPT2LMHeadModel"], 64, 2)
+    s = run_bench(tmp_path, "--model", "t5-tiny", *SMALL, "--set", "model.num_sentinels=8", "--only", "train",
+                  "--vs", "hf-flax", "--peer-process", "inline")
+    p = _check_peer(s, "hf-flax")
+    assert p["hf_config"]["architectures"] == ["T5ForConditionalGeneration"] and p["hf_config"]["d_model"] == 64
 
 
 def test_ratios_and_table_from_figures() -> None:
@@ -72,25 +84,25 @@ def test_ratios_and_table_from_figures() -> None:
               "config": {"family": "gpt", "data": {"batch_size": 1, "seq_len": 8}, "model": {"dtype": "float32"}},
               "decode": {"prompt_len": 4, "new_tokens": 4, "batch_1": ours},
               "peers": {"hf-flax": {"decode": {"batch_1": theirs}}, "hf-torch": {"unavailable": "install it"}}}
-    bench.add_ratios(result)
+    report.add_ratios(result)
     ratios = result["peers"]["hf-flax"]["ratios"]
     assert ratios == {"decode_batch_1_tokens_per_s": 2.0, "decode_batch_1_first_token_s": 0.25}
-    table = bench.report(result)
+    table = report.report(result)
     assert "2.00x" in table and "0.25x" in table and "hf-torch: install it" in table
 
 
-def test_peer_shape_of_every_preset() -> None:
-    for name, (family_name, cfg) in models.PRESETS.items():
-        shape = bench.peer_shape(family_name, cfg, 128)
-        assert shape.family == family_name and shape.vocab_size == cfg.vocab_size
-        assert shape.d_model == cfg.d_model and shape.num_layers == cfg.num_layers
-        if family_name == "t5":
-            assert shape.num_decoder_layers == cfg.decoder_layers and shape.d_kv == cfg.head_size
-            assert shape.feed_forward_proj == ("gated-gelu" if cfg.gated_mlp else "relu")
-        if peers.peer_available("hf-torch") is None:
-            assert peers.hf_config(shape).vocab_size == cfg.vocab_size
-    assert bench.peer_mismatch("gpt", models.PRESETS["gpt2-small"][1]) is None
-    assert "rope" in bench.peer_mismatch("gpt", models.PRESETS["gpt-modern-tiny"][1])
+def test_peer_header_of_every_preset() -> None:
+    if peers.peer_available("hf-torch") is not None:
+        pytest.skip(peers.peer_available("hf-torch"))
+    for name in models.PRESETS:
+        family, cfg = models.preset(name)
+        head = compare.header("hf-torch", family, cfg)
+        if name.endswith("-swa"):  # sliding-window attention: no Hugging Face equivalent in the mapping
+            assert "no Hugging Face gpt model" in head["unavailable"]
+            continue
+        assert head["hf_config"] == family.hf.config_to_hf(dataclasses.replace(cfg, dropout=0.0)), name
+        assert peers.transformers_config(head["hf_config"]).vocab_size == cfg.vocab_size
+        assert ("dropout=" in head.get("mismatch", "")) == bool(cfg.dropout), name
 
 
 def test_bad_flags_are_one_line_errors(capsys) -> None:

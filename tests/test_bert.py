@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import perturbed
-from models import bert, bert_tasks
+from conftest import FakeTokenizer, perturbed, random_params
+from models.bert import FAMILY as BERT, data as bert_tasks, hf as bert_hf, model as bert
+from zoo import metrics, steps
 from zoo.tokenizer import HFTokenizer
 
 torch = pytest.importorskip("torch")
@@ -51,14 +52,6 @@ def _ours(cfg, params, ids, mask, types):
     return {k: np.asarray(v) for k, v in apply(params, ids, mask, None, types).items()}
 
 
-def _random_params(cfg, seed=0):
-    """Random params of every shape `cfg` builds, drawn with numpy (no init to compile)."""
-    shapes = nn.meta.unbox(jax.eval_shape(lambda: bert.init_params(
-        bert.Model(cfg), jax.random.key(0), jax.tree.map(jnp.asarray, bert.init_batch(1, 8)))))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes)
-
-
 def _state_dict(model):
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
@@ -94,7 +87,7 @@ def test_hf_parity_and_save_hf_round_trip(name, tmp_path):
 
     # back to HF: the exact tensors, then a directory that transformers loads with nothing missing
     original = _state_dict(hf)
-    for key, value in bert.params_to_hf(jax.device_get(m.params), m.config.model).items():
+    for key, value in bert_hf.params_to_hf(jax.device_get(m.params), m.config.model).items():
         np.testing.assert_array_equal(value, original[key])
     m.save_hf(str(tmp_path / "back"))
     reloaded, info = hf_cls.from_pretrained(tmp_path / "back", output_loading_info=True)
@@ -106,26 +99,26 @@ def test_hf_parity_and_save_hf_round_trip(name, tmp_path):
 def test_hf_names_without_prefix_and_tf_era_layernorm_names():
     hf = perturbed(transformers.BertForSequenceClassification(
         _hf_config("bert", architectures=["BertForSequenceClassification"])), scale=0.1)
-    cfg = bert.config_from_hf(hf.config.to_dict())
+    cfg = bert_hf.config_from_hf(hf.config.to_dict())
     assert (cfg.task, cfg.num_labels) == ("classify", 2)
     tensors = _state_dict(hf)
     renamed = {k.removeprefix("bert.").replace("LayerNorm.weight", "LayerNorm.gamma")
                .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in tensors.items()}
-    a, b = bert.params_from_hf(tensors, cfg), bert.params_from_hf(renamed, cfg)
+    a, b = bert_hf.params_from_hf(tensors, cfg), bert_hf.params_from_hf(renamed, cfg)
     assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
     with pytest.raises(ValueError, match="lacks.*model.nsp=false"):  # a classifier checkpoint has no NSP/MLM head
-        bert.params_from_hf(renamed, dataclasses.replace(cfg, task="pretrain", nsp=True))
+        bert_hf.params_from_hf(renamed, dataclasses.replace(cfg, task="pretrain", nsp=True))
 
 
 @pytest.mark.parametrize("name", sorted(bert.PRESETS))
 def test_preset_parameter_counts_match_hugging_face(name):
     cfg = bert.PRESETS[name]
-    hf_cfg = bert.config_to_hf(cfg)
+    hf_cfg = bert_hf.config_to_hf(cfg)
     cls = transformers.RobertaForMaskedLM if hf_cfg["model_type"] == "roberta" else transformers.BertForPreTraining
     config_cls = transformers.RobertaConfig if hf_cfg["model_type"] == "roberta" else transformers.BertConfig
     with torch.device("meta"):
         hf = cls(config_cls(**hf_cfg))
-    ours = bert.num_params(cfg)
+    ours = steps.num_params(BERT, cfg)
     assert ours == sum(p.numel() for p in hf.parameters())
     published = {"bert-base": 110_106_428, "bert-large": 336_226_108}  # BertForPreTraining of bert-*-uncased
     assert ours == published.get(name, ours)
@@ -174,18 +167,6 @@ def test_hf_tokenizer_matches_bert_tokenizer_fast(tmp_path):
     assert HFTokenizer.from_file(tmp_path / "tokenizer.json").encode_batch(TEXTS) == ours.encode_batch(TEXTS)
 
 
-class _TinyTokenizer:
-    """Ids 0..63 with zoo's conventions and three reserved top ids, for host-side tests."""
-
-    vocab_size, pad_id, eos_id, unk_id, num_sentinels = 64, 0, 1, 2, 3
-
-    def sentinel_id(self, k):
-        return self.vocab_size - 1 - k
-
-    def encode_batch(self, texts):
-        return [[3 + (sum(map(ord, w)) % 50) for w in t.split()] for t in texts]
-
-
 def _run(task="pretrain", seq_len=32, **model):
     from zoo import config
 
@@ -195,7 +176,7 @@ def _run(task="pretrain", seq_len=32, **model):
 
 
 def test_masking_rule_and_determinism():
-    tok, L = _TinyTokenizer(), 64
+    tok, L = FakeTokenizer(), 64
     sp = bert_tasks.special_ids(tok)
     rng = np.random.default_rng(0)
     B = 400
@@ -244,7 +225,7 @@ def test_nsp_pairs_are_real_consecutive_text_half_the_time():
             assert same_doc and b[0] > a[-1]
         else:
             assert not same_doc
-    tok = _TinyTokenizer()
+    tok = FakeTokenizer()
     records = [{"text": "Alpha beta gamma. Delta epsilon! Zeta eta theta?\n\nIota kappa."} for _ in range(3)]
     rows = bert_tasks.make_examples(records, _run(seq_len=16), tok)
     sp = bert_tasks.special_ids(tok)
@@ -259,7 +240,7 @@ def test_default_fine_tuning_tasks():
     runs = bert_tasks.literal_runs("Call ``os.path.join()`` or :func:`~shlex.quote`, see \"x.name\" and 'y'. "
                                    "Don't tag \"two words\".")
     assert [r for r, label in runs if label] == ["os.path.join()", "shlex.quote", "x.name", "y"]
-    tok = _TinyTokenizer()
+    tok = FakeTokenizer()
     rows = bert_tasks.make_examples([{"text": "a ``b c`` d"}], _run("tag", seq_len=8), tok)
     assert rows["tags"].tolist() == [[-1, 0, 1, 1, 0, -1, -1, -1]]
     kinds = bert_tasks.docstring_kinds()  # labels are the AST owners of real stdlib docstrings
@@ -276,8 +257,8 @@ def test_default_fine_tuning_tasks():
 def test_loss_sums_combine_mlm_and_nsp_as_documented():
     cfg = dataclasses.replace(bert.PRESETS["bert-tiny"], vocab_size=64, max_len=32)
     model = bert.Model(cfg)
-    params = _random_params(cfg)
-    tok = _TinyTokenizer()
+    params = random_params(BERT, cfg)
+    tok = FakeTokenizer()
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 60, (4, 32)).astype(np.int32)
     tokens[:, 0], tokens[:, 20], tokens[:, 31], tokens[2, 10:] = 63, 62, 62, 0
@@ -305,10 +286,10 @@ def test_classification_metrics_match_definitions():
     cm = np.zeros((2, 2))
     np.add.at(cm, (y, p), 1)
     tp, fp, fn, tn = 4, 1, 2, 3
-    m = bert.classification_metrics(cm)
+    m = metrics.classification_metrics(cm)
     assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert m["mcc"] == pytest.approx((tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    assert bert.classification_metrics(np.diag([3.0, 4.0, 5.0])) == {"f1": 1.0, "mcc": 1.0}
+    assert metrics.classification_metrics(np.diag([3.0, 4.0, 5.0])) == {"f1": 1.0, "mcc": 1.0}
 
 
 def test_frozen_layers_and_embeddings_stay_bit_identical():
@@ -319,7 +300,7 @@ def test_frozen_layers_and_embeddings_stay_bit_identical():
                               data=dataclasses.replace(run.data, vocab_size=64),
                               train=config.TrainConfig(steps=3))
     one_device = sharding.make_mesh(devices=jax.devices()[:1])  # freezing does not depend on the mesh
-    exp = experiment.build(run, None, tokenizer=_TinyTokenizer(), mesh=one_device)
+    exp = experiment.build(run, None, tokenizer=FakeTokenizer(), mesh=one_device)
     state = exp.init_state()
     before = jax.device_get(state.params)
     step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
@@ -367,6 +348,6 @@ def test_glue_sst2_from_tfds_goes_through_the_classification_path():
 
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
         records = data.load_records("tfds:glue/sst2", "validation")
-    rows = bert_tasks.make_examples(records, _run("classify", seq_len=16), _TinyTokenizer())
+    rows = bert_tasks.make_examples(records, _run("classify", seq_len=16), FakeTokenizer())
     assert rows["labels"].tolist() == [int(r["label"]) for r in records]
     assert (rows["tokens"][:, 0] == 63).all()  # [CLS]

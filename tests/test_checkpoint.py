@@ -6,7 +6,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import checkpoint
+from zoo import checkpoint, workdir
 from zoo.steps import TrainState
 
 
@@ -35,7 +35,7 @@ def test_an_interrupted_save_is_never_taken_as_latest(tmp_path):
     saver.close()
     # What a process killed mid-save leaves behind: Orbax's temporary directory, never renamed
     # (simulated by copying a finished step under the temporary name, then truncating a file).
-    root = os.path.join(tmp_path, checkpoint.CHECKPOINT_DIR)
+    root = os.path.join(tmp_path, workdir.CHECKPOINT_DIR)
     partial = os.path.join(root, "2.orbax-checkpoint-tmp-1764172800000000")
     shutil.copytree(os.path.join(root, "1"), partial)
     if os.path.exists(os.path.join(partial, "commit_success.txt")):

@@ -11,8 +11,8 @@ import optax
 import pytest
 
 import models
-from models import gpt
-from zoo import config as config_lib, data, optim
+from models.gpt import data as gpt_data, model as gpt
+from zoo import config as config_lib, data, optim, workdir as workdir_lib
 
 
 def base():
@@ -29,6 +29,37 @@ def test_overrides_are_typed_and_checked():
                          ("model.use_bias=maybe", "true or false"), ("family=bert", "cannot be overridden")]:
         with pytest.raises(config_lib.ConfigError, match=message):
             config_lib.apply_overrides(base(), [bad])
+
+
+@pytest.mark.parametrize("bad", ["model.norm=batchnorm", "model.activation=tanh", "model.remat=ful",
+                                 "model.dtype=bfloat", "model.attention_impl=flash", "model.position=alibi"])
+def test_enum_fields_accept_only_their_choices(bad):
+    with pytest.raises(config_lib.ConfigError, match=f"{bad.split('=')[0]} must be one of"):
+        config_lib.apply_overrides(base(), [bad])
+
+
+def test_enum_fields_of_every_family_are_checked_from_python_and_json():
+    cfg = models.run_config("bert-tiny")
+    with pytest.raises(config_lib.ConfigError, match="model.task must be one of"):
+        config_lib.check_fields(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, task="qa")))
+    raw = json.loads(config_lib.to_json(models.run_config("t5-tiny")))
+    raw["model"]["objective"] = "denoise"
+    with pytest.raises(config_lib.ConfigError, match="objective must be one of"):
+        config_lib.from_dict(raw, models.FAMILIES["t5"].Config)
+
+
+def test_resume_may_change_runtime_switches_but_not_shapes(tmp_path):
+    workdir = str(tmp_path)
+    saved = config_lib.apply_overrides(models.run_config("gpt-tiny"), ["model.num_layers=2"])
+    workdir_lib.save_config(saved, workdir)
+    resumed = workdir_lib.run_config(workdir, None, ["model.remat=full", "model.dtype=bfloat16",
+                                                      "model.dropout=0.1", "model.attention_impl=xla"])
+    assert (resumed.model.remat, resumed.model.dtype, resumed.model.num_layers) == ("full", "bfloat16", 2)
+    for shape_change in ("model.d_model=64", "model.norm=rmsnorm", "model.vocab_size=100"):
+        with pytest.raises(config_lib.ConfigError, match=f"{shape_change.split('=')[0]} cannot change on resume"):
+            workdir_lib.run_config(workdir, None, [shape_change])
+    with pytest.raises(config_lib.ConfigError, match="holds a gpt-tiny run"):
+        workdir_lib.run_config(workdir, "bert-tiny", [])
 
 
 def test_config_json_round_trip():
@@ -94,13 +125,13 @@ def test_one_pass_adamw_equals_optax_clip_then_adamw(freeze_layers):
 
 
 def rows_table(n=40, width=9):
-    return gpt.pack_documents([list(range(3, 3 + (i % 7) + 2)) for i in range(n * 2)], width - 1, eos_id=1)
+    return gpt_data.pack_documents([list(range(3, 3 + (i % 7) + 2)) for i in range(n * 2)], width - 1, eos_id=1)
 
 
 def test_batches_are_a_pure_function_of_the_index_and_split_across_processes():
     table = rows_table()
-    whole = data.Batches(table, 8, gpt.prepare_batch, seed=3)
-    halves = [data.Batches(table, 8, gpt.prepare_batch, seed=3, local_rows=slice(i * 4, i * 4 + 4))
+    whole = data.Batches(table, 8, gpt_data.prepare_batch, seed=3)
+    halves = [data.Batches(table, 8, gpt_data.prepare_batch, seed=3, local_rows=slice(i * 4, i * 4 + 4))
               for i in range(2)]
     for index in (0, 1, 7, 50):  # 50 lies in a later epoch
         batch = whole.get(index)
@@ -112,7 +143,7 @@ def test_batches_are_a_pure_function_of_the_index_and_split_across_processes():
 
 
 def test_prefetch_yields_the_batches_in_order_and_closing_joins_its_thread():
-    batches = data.Batches(rows_table(), 8, gpt.prepare_batch, seed=3)
+    batches = data.Batches(rows_table(), 8, gpt_data.prepare_batch, seed=3)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     stream = data.prefetch(batches, 5, {k: sharding for k in batches.get(0)})
     for index in (5, 6, 7):
@@ -126,7 +157,7 @@ def test_prefetch_yields_the_batches_in_order_and_closing_joins_its_thread():
 def test_final_partial_eval_batch_is_padded_with_zero_weight():
     table = rows_table(n=5)
     rows = len(table["tokens"])
-    batches = data.Batches(table, 8, gpt.prepare_batch, shuffle=False)
+    batches = data.Batches(table, 8, gpt_data.prepare_batch, shuffle=False)
     last = batches.get(batches.batches_per_epoch - 1)
     real = rows - 8 * (batches.batches_per_epoch - 1)
     assert last["weights"][real:].sum() == 0 and last["weights"][:real].sum() > 0

@@ -9,8 +9,8 @@ import pytest
 
 import zoo
 from conftest import perturbed
-from models import gpt
-from zoo import decode, layers
+from models.gpt import FAMILY as GPT, data as gpt_data, hf as gpt_hf, model as gpt
+from zoo import decode, stacking, steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -57,17 +57,17 @@ def test_preset_parameter_counts_match_hugging_face(name, expected):
     cfg = gpt.PRESETS[name]
     with torch.device("meta"):
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{
-            k: v for k, v in gpt.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}))
+            k: v for k, v in gpt_hf.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}))
     assert sum(p.numel() for p in hf.parameters()) == expected  # published GPT-2 sizes
-    assert gpt.num_params(cfg) == expected
+    assert steps.num_params(GPT, cfg) == expected
 
 
 def test_modern_preset_parameter_count_matches_llama():
     cfg = gpt.PRESETS["gpt-modern-small"]
-    hf_cfg = {k: v for k, v in gpt.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}
+    hf_cfg = {k: v for k, v in gpt_hf.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_cfg))
-    assert gpt.num_params(cfg) == sum(p.numel() for p in hf.parameters())
+    assert steps.num_params(GPT, cfg) == sum(p.numel() for p in hf.parameters())
 
 
 def _params(cfg, seed=0):
@@ -110,8 +110,8 @@ def test_packed_documents_do_not_attend_across_boundaries():
     params = _unbox(params)
     rng = np.random.default_rng(3)
     doc_a, doc_b = rng.integers(3, 64, 7), rng.integers(3, 64, 9)
-    rows = gpt.pack_documents([doc_a.tolist(), doc_b.tolist()], seq_len=17, eos_id=1)
-    batch = gpt.prepare_batch(rows, rng)
+    rows = gpt_data.pack_documents([doc_a.tolist(), doc_b.tolist()], seq_len=17, eos_id=1)
+    batch = gpt_data.prepare_batch(rows, rng)
     packed = model.apply({"params": params}, batch["inputs"], batch["segments"], batch["positions"])
     alone = model.apply({"params": params}, jnp.asarray(doc_b[None]))
     start = len(doc_a) + 1
@@ -124,7 +124,7 @@ def test_kv_cache_decode_equals_full_forward(cfg):
     model, params = _params(cfg)
     params = _unbox(params)
     prompts = [[5, 9, 2, 7], [11, 3]]  # different lengths: left padding must not leak
-    out = decode.generate(model, params, prompts, 6)
+    out = decode.generate_causal(model, params, prompts, 6)
     for prompt, new in zip(prompts, out):
         # reference: one full forward over prompt + generated tokens; greedy means each generated
         # token is the argmax of the full model's logits at the position before it
@@ -134,11 +134,11 @@ def test_kv_cache_decode_equals_full_forward(cfg):
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_MODERN])
 def test_unrolled_decoding_form_computes_the_same_logits(cfg):
-    from zoo import layers
+    from zoo import stacking
     model, params = _params(cfg)
     params = _unbox(params)
     ids = jnp.asarray(np.random.default_rng(4).integers(0, 64, (2, 9)))
-    split = layers.split_layers(params)
+    split = stacking.split_layers(params)
     assert set(split["layers"]) == {str(i) for i in range(cfg.num_layers)}
     np.testing.assert_allclose(model.apply({"params": split}, ids, per_layer=True),
                                model.apply({"params": params}, ids), atol=1e-6)
@@ -150,7 +150,7 @@ def test_unrolled_decoding_form_computes_the_same_logits(cfg):
 def test_remat_policies_give_the_same_loss_and_gradients(dtype):
     _, params = _params(TINY)
     params = _unbox(params)
-    batch = {k: jnp.asarray(v) for k, v in gpt.prepare_batch(gpt.pack_documents(
+    batch = {k: jnp.asarray(v) for k, v in gpt_data.prepare_batch(gpt_data.pack_documents(
         [list(range(3, 40)), list(range(5, 30))], seq_len=16, eos_id=1), None).items()}
 
     def loss_and_grads(remat):
@@ -159,7 +159,7 @@ def test_remat_policies_give_the_same_loss_and_gradients(dtype):
         return jax.jit(jax.value_and_grad(fn))(params)
 
     reference = loss_and_grads("none")
-    for remat in layers.REMAT_POLICIES:
+    for remat in stacking.REMAT_POLICIES:
         loss, grads = loss_and_grads(remat)
         np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):
@@ -185,7 +185,7 @@ def test_greedy_generate_matches_hugging_face(tmp_path):
     hf.save_pretrained(tmp_path)
     m = zoo.load_hf(str(tmp_path))
     prompt = [[7, 1, 44, 3, 9]]
-    ours = decode.generate(m.module, m.params, prompt, 10)[0]
+    ours = decode.generate_causal(m.module, m.params, prompt, 10)[0]
     with torch.no_grad():
         ref = hf.generate(torch.tensor(prompt), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert ours == ref[0, 5:].tolist()

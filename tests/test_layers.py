@@ -1,27 +1,49 @@
-"""Shared layers against plain float32/float64 einsums."""
+"""Shared layers (and both kernel paths behind `layers.project`) against plain float32/float64 einsums."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo import layers
+from zoo import kernels, layers
 
 CASES = [("BLD,DHK->BLHK", (2, 5, 8), (8, 3, 4)), ("BLHK,HKD->BLD", (2, 5, 3, 4), (3, 4, 8)),
          ("BLD,VD->BLV", (2, 5, 8), (11, 8)), ("BD,DF->BF", (3, 8), (8, 6))]
 
 
+PLATFORMS = ["cpu", "tpu"]  # the XLA:CPU matmul form, and the plain einsum TPU and GPU get
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
-def test_project_in_float32_is_the_einsum(spec, x_shape, w_shape):
+def test_project_in_float32_is_the_einsum(spec, x_shape, w_shape, platform):
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=w_shape).astype(np.float32)
-    np.testing.assert_allclose(layers.project(spec, jnp.asarray(x), jnp.asarray(w)),
-                               np.einsum(spec, x.astype(np.float64), w.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    with kernels.for_platform(platform):
+        y = layers.project(spec, jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(y, np.einsum(spec, x.astype(np.float64), w.astype(np.float64)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
-def test_project_in_bfloat16_has_float64_gradients_to_bfloat16_accuracy(spec, x_shape, w_shape):
-    check_bfloat16_project(spec, x_shape, w_shape)
+def test_project_in_bfloat16_has_float64_gradients_to_bfloat16_accuracy(spec, x_shape, w_shape, platform):
+    with kernels.for_platform(platform):
+        check_bfloat16_project(spec, x_shape, w_shape)
+
+
+def test_accelerator_projection_is_one_plain_einsum_with_plain_gradients():
+    """What TPU and GPU compile: a dot_general in the compute dtype, no reshape, no custom VJP."""
+    x, w = jnp.ones((2, 5, 8), jnp.bfloat16), jnp.ones((8, 3, 4), jnp.float32)
+
+    def traced(platform):  # a new function each time: traces are cached per function
+        grad = jax.grad(lambda x, w: layers.project("BLD,DHK->BLHK", x, w).astype(jnp.float32).sum(), (0, 1))
+        with kernels.for_platform(platform):
+            return str(jax.make_jaxpr(grad)(x, w))
+
+    accelerator, cpu = traced("tpu"), traced("cpu")
+    assert "custom_vjp" not in accelerator and "reshape" not in accelerator
+    assert accelerator.count("dot_general") == 3  # forward, and one per gradient
+    assert "reshape" in cpu  # the CPU form (one 2-D matmul) is really another path
 
 
 def test_project_in_bfloat16_on_one_cpu_device(script):
@@ -55,7 +77,9 @@ def check_bfloat16_project(spec, x_shape, w_shape):
     ref_dw = np.einsum(f"{x_axes},{out_axes}->{w_axes}", x64, g_bf)
     np.testing.assert_allclose(np.einsum(spec, x64, w64), np.asarray(y.astype(jnp.float32)), rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(np.asarray(dx.astype(jnp.float32)), ref_dx, rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=1e-5, atol=1e-5)  # accumulated in float32
+    # XLA:CPU's form keeps the weight gradient in float32; TPU/GPU round it to bfloat16 like every output
+    tolerance = 1e-5 if kernels.platform() == "cpu" else 2e-2
+    np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("rate,shape", [(0.1, (64, 100, 64)), (0.5, (32, 50, 33)), (0.9, (64, 10, 128))])

@@ -1,36 +1,22 @@
-"""Encoder-decoder decoding (zoo.seq2seq) against the uncached model: greedy, sampling, beam search."""
+"""Encoder-decoder decoding (zoo.decode) against the uncached model: greedy, sampling, beam search."""
 
 import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import t5
-from zoo import layers, seq2seq
+from conftest import T5_INPUTS as INPUTS, T5_STEPS as STEPS, random_params, tiny_t5_config
+from models.t5 import FAMILY as T5, model as t5
+from zoo import decode, stacking
 
-# The shapes of test_t5's tiny Hugging Face model, so that jitted decoding compiles once for both files.
-CFG = t5.Config(num_layers=2, num_decoder_layers=2, d_model=32, num_heads=4, head_dim=8, d_ff=48, vocab_size=96,
-                relative_attention_num_buckets=8, relative_attention_max_distance=20, activation="gelu_tanh",
-                gated_mlp=True, tie_embeddings=False, dropout=0.0)
-INPUTS = [[5, 9, 23, 7, 44, 1], [11, 3, 1]]  # different lengths: encoder padding must not leak
-STEPS = 6
-
-
-def random_params(cfg: t5.Config, seed: int = 0):
-    """Params of every shape the model wants, drawn with numpy (no init compilation)."""
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(t5.init_params(
-        t5.Model(cfg), jax.random.key(0), jax.tree.map(jnp.asarray, t5.init_batch(1, 8)))))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.5, s.shape), jnp.float32), shapes)
+CFG = tiny_t5_config()  # the shapes of test_t5's tiny Hugging Face model: one compilation for both files
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = t5.Model(CFG)
-    return model, random_params(CFG)
+    return model, random_params(T5, CFG, scale=0.5)
 
 
 @functools.cache
@@ -38,7 +24,7 @@ def _forward(model):
     return jax.jit(lambda params, *args: model.apply({"params": params}, *args))
 
 
-TOKENS, SEGMENTS = seq2seq.right_pad(INPUTS, 0)
+TOKENS, SEGMENTS = decode.right_pad(INPUTS, 0)
 
 
 def _decoder_rows(outputs):
@@ -64,10 +50,10 @@ def test_cached_step_logits_equal_the_full_forward(setup, unrolled):
     decoder[:, 0] = 0
     full = _forward(model)(params, TOKENS, decoder, SEGMENTS, None)
     encoded = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method="encode"))(params, TOKENS, SEGMENTS)
-    cache = seq2seq._empty_cache(model, 2, TOKENS.shape[1], STEPS)
+    cache = decode._empty_cache(model, 2, TOKENS.shape[1], STEPS)
     if unrolled:
-        params, cache = layers.split_layers(params), layers.split_layers(cache)
-    step = jax.jit(functools.partial(seq2seq._step, model, per_layer=unrolled))
+        params, cache = stacking.split_layers(params), stacking.split_layers(cache)
+    step = jax.jit(functools.partial(decode._step, model, per_layer=unrolled))
     for t in range(STEPS):
         first = t == 0  # only the first step passes the encoder output; later ones use cached keys/values
         logits, cache = step(params, cache, decoder[:, t:t + 1], encoded if first else None,
@@ -82,7 +68,7 @@ def test_cached_step_logits_equal_the_full_forward(setup, unrolled):
 
 def test_greedy_equals_argmax_of_the_uncached_model(setup):
     model, params = setup
-    out = seq2seq.generate(model, params, INPUTS, STEPS)  # no eos: all STEPS tokens
+    out = decode.generate_seq2seq(model, params, INPUTS, STEPS)  # no eos: all STEPS tokens
     seqs = [[], []]
     for t in range(STEPS):  # causal: the zero padding after position t cannot change its logits
         logits = _forward(model)(params, TOKENS, _decoder_rows([s + [0] for s in seqs]), SEGMENTS, None)
@@ -93,19 +79,19 @@ def test_greedy_equals_argmax_of_the_uncached_model(setup):
 
 def test_sampling_is_reproducible_and_filters(setup):
     model, params = setup
-    greedy = seq2seq.generate(model, params, INPUTS, STEPS)
-    assert seq2seq.generate(model, params, INPUTS, STEPS, temperature=1.0, top_k=1, seed=3) == greedy
-    a = seq2seq.generate(model, params, INPUTS, STEPS, temperature=2.0, seed=1)
-    assert a == seq2seq.generate(model, params, INPUTS, STEPS, temperature=2.0, seed=1)
-    others = [seq2seq.generate(model, params, INPUTS, STEPS, temperature=2.0, seed=s) for s in (2, 3, 4)]
+    greedy = decode.generate_seq2seq(model, params, INPUTS, STEPS)
+    assert decode.generate_seq2seq(model, params, INPUTS, STEPS, temperature=1.0, top_k=1, seed=3) == greedy
+    a = decode.generate_seq2seq(model, params, INPUTS, STEPS, temperature=2.0, seed=1)
+    assert a == decode.generate_seq2seq(model, params, INPUTS, STEPS, temperature=2.0, seed=1)
+    others = [decode.generate_seq2seq(model, params, INPUTS, STEPS, temperature=2.0, seed=s) for s in (2, 3, 4)]
     assert any(o != a for o in others)
 
 
 def test_beam_search_of_one_beam_is_greedy(setup):
     model, params = setup
-    eos = int(seq2seq.generate(model, params, INPUTS, STEPS)[0][2])  # a token greedy emits: a real stop
-    greedy = seq2seq.generate(model, params, INPUTS, STEPS, eos_id=eos)
-    beams, _ = seq2seq.beam_search(model, params, INPUTS, STEPS, 1, length_penalty=0.0, eos_id=eos)
+    eos = int(decode.generate_seq2seq(model, params, INPUTS, STEPS)[0][2])  # a token greedy emits: a real stop
+    greedy = decode.generate_seq2seq(model, params, INPUTS, STEPS, eos_id=eos)
+    beams, _ = decode.beam_search(model, params, INPUTS, STEPS, 1, length_penalty=0.0, eos_id=eos)
     assert beams == greedy
 
 
@@ -113,13 +99,13 @@ def test_beam_search_of_one_beam_is_greedy(setup):
 def test_beam_search_scores_are_real_and_beat_greedy(setup, length_penalty):
     model, params = setup
     eos = 7
-    beams, scores = seq2seq.beam_search(model, params, INPUTS, STEPS, 4, length_penalty=length_penalty, eos_id=eos)
-    greedy = seq2seq.generate(model, params, INPUTS, STEPS, eos_id=eos)
+    beams, scores = decode.beam_search(model, params, INPUTS, STEPS, 4, length_penalty=length_penalty, eos_id=eos)
+    greedy = decode.generate_seq2seq(model, params, INPUTS, STEPS, eos_id=eos)
     for beam, score, g, beam_lp, greedy_lp in zip(beams, scores, greedy, _log_probs(model, params, beams),
                                                   _log_probs(model, params, greedy)):
         # the reported score is the model's log-probability of the returned sequence, length-normalised
         assert score == pytest.approx(beam_lp / len(beam) ** length_penalty, abs=1e-4)
         assert score >= greedy_lp / len(g) ** length_penalty - 1e-4
         assert eos not in beam[:-1]
-    assert seq2seq.generate(model, params, INPUTS, STEPS, num_beams=4, length_penalty=length_penalty,
+    assert decode.generate_seq2seq(model, params, INPUTS, STEPS, num_beams=4, length_penalty=length_penalty,
                             eos_id=eos) == beams

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import models
-from zoo import checkpoint, config as config_lib, data, experiment, sharding, steps
+from zoo import checkpoint, data, experiment, sharding, steps
+from conftest import tiny_run_config
 from zoo.tokenizer import Tokenizer
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8), (1, 8, 1)]
@@ -19,19 +19,6 @@ FAMILY_PRESETS = ["gpt-tiny", "bert-tiny", "t5-tiny"]
 def tokenizer():
     texts = [r["text"] for r in data.load_records("builtin", "train")[:300]]
     return Tokenizer.train(texts, 512, sentinels=8)  # reserved top ids: BERT's specials, T5's sentinels
-
-
-def tiny_config(preset="gpt-tiny", **model):
-    family, model_cfg = models.preset(preset)
-    small = {"num_layers": 1, "d_model": 64, "num_heads": 8, "head_dim": 8, "d_ff": 128, **model}
-    if preset.startswith("t5"):
-        small |= {"num_decoder_layers": 1, "num_sentinels": 8}
-    model_cfg = dataclasses.replace(model_cfg, **small)
-    return config_lib.Config(
-        preset=preset, family=family.__name__.split(".")[-1], model=model_cfg,
-        data=config_lib.DataConfig(batch_size=8, seq_len=16),
-        optim=config_lib.OptimConfig(learning_rate=3e-3, warmup_steps=1),
-        train=config_lib.TrainConfig(steps=4))
 
 
 def build(cfg, tokenizer, mesh_shape):
@@ -60,7 +47,7 @@ def references(tokenizer):
 
     def reference(preset):
         if preset not in cache:
-            cache[preset] = run_steps(build(tiny_config(preset), tokenizer, (1, 1, 1)))
+            cache[preset] = run_steps(build(tiny_run_config(preset), tokenizer, (1, 1, 1)))
         return cache[preset]
 
     return reference
@@ -70,7 +57,7 @@ def references(tokenizer):
 @pytest.mark.parametrize("mesh_shape", MESHES)
 def test_sharded_train_steps_match_one_device(mesh_shape, preset, tokenizer, references):
     ref_state, ref_losses = references(preset)
-    state, losses = run_steps(build(tiny_config(preset), tokenizer, mesh_shape))
+    state, losses = run_steps(build(tiny_run_config(preset), tokenizer, mesh_shape))
     # Tolerance: same math, different reduction order across shards (float32 sums of ~1e3 terms).
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
@@ -78,7 +65,7 @@ def test_sharded_train_steps_match_one_device(mesh_shape, preset, tokenizer, ref
 
 
 def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
-    exp = build(tiny_config(), tokenizer, (2, 2, 2))
+    exp = build(tiny_run_config(), tokenizer, (2, 2, 2))
     state = exp.init_state()
     w_q = state.params["layers"]["attn"]["w_q"]  # [layers, embed, heads, kv]
     assert w_q.sharding.spec == P(None, "fsdp", "tensor", None)
@@ -98,7 +85,7 @@ def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
 
 
 def test_inspector_lists_every_param(tokenizer):
-    exp = build(tiny_config(), tokenizer, (2, 2, 2))
+    exp = build(tiny_run_config(), tokenizer, (2, 2, 2))
     lines = sharding.describe(exp.layout.shardings.params, exp.layout.abstract.params)
     assert len(lines) == len(jax.tree.leaves(exp.layout.abstract.params))
     assert any("w_q" in line and "4x split" in line for line in lines)
@@ -107,12 +94,12 @@ def test_inspector_lists_every_param(tokenizer):
 @pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 8), (1, 1, 1)])
 def test_checkpoint_restores_identically_on_another_mesh(target, tokenizer, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ckpt"))
-    source = build(tiny_config(), tokenizer, (2, 2, 2))
+    source = build(tiny_run_config(), tokenizer, (2, 2, 2))
     state, _ = run_steps(source, 1)
     saver = checkpoint.Checkpointer(workdir)
     saver.save(1, state, 1)
     saver.close()
-    other = build(tiny_config(), tokenizer, target)
+    other = build(tiny_run_config(), tokenizer, target)
     restored, position, step = checkpoint.Checkpointer(workdir).restore(other.layout.abstract)
     assert (position, step) == (1, 1)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
@@ -121,17 +108,17 @@ def test_checkpoint_restores_identically_on_another_mesh(target, tokenizer, tmp_
 
 
 def test_restoring_another_models_checkpoint_names_the_parameter(tokenizer, tmp_path):
-    exp = build(tiny_config(), tokenizer, (1, 1, 1))
+    exp = build(tiny_run_config(), tokenizer, (1, 1, 1))
     saver = checkpoint.Checkpointer(str(tmp_path))
     saver.save(0, exp.init_state(), 0)
     saver.close()
-    wider = build(tiny_config(d_ff=256), tokenizer, (1, 1, 1))
+    wider = build(tiny_run_config(d_ff=256), tokenizer, (1, 1, 1))
     with pytest.raises(checkpoint.CheckpointError, match="mlp"):
         checkpoint.Checkpointer(str(tmp_path)).restore(wider.layout.abstract)
 
 
 def test_gradient_accumulation_equals_one_big_batch(tokenizer):
-    cfg = tiny_config()
+    cfg = tiny_run_config()
     accum = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_accum=4))
     exp_one, exp_acc = build(cfg, tokenizer, (2, 1, 1)), build(accum, tokenizer, (2, 1, 1))
     (s1, l1), (s4, l4) = run_steps(exp_one, 2), run_steps(exp_acc, 2)
@@ -141,7 +128,7 @@ def test_gradient_accumulation_equals_one_big_batch(tokenizer):
 
 
 def test_non_finite_step_is_skipped_and_counted(tokenizer):
-    exp = build(tiny_config(), tokenizer, (1, 1, 1))
+    exp = build(tiny_run_config(), tokenizer, (1, 1, 1))
     state = exp.init_state()
     poisoned = state.params["layers"]["mlp"]["w_in"].at[0, 0, 0].set(np.nan)  # makes loss and grads NaN
     state = state.replace(params={**state.params, "layers": {**state.params["layers"], "mlp": {

@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import test_seq2seq
 import zoo
-from conftest import perturbed
-from models import t5, t5_tasks
-from zoo import seq2seq
+from conftest import T5_INPUTS, T5_STEPS, FakeTokenizer, perturbed, random_params, tiny_t5_config
+from models.t5 import FAMILY as T5, data as t5_tasks, hf as t5_hf, model as t5
+from zoo import decode, metrics, steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -62,7 +61,7 @@ def test_hf_parity_and_round_trip(proj, tie, tmp_path):
     diff = np.abs(m.logits(ids, dec, attention_mask=mask) - _torch_logits(hf, ids, dec, mask)).max()
     assert diff <= 1e-4
     # every name of the HF state dict, tied copies included, and nothing else
-    assert set(t5.params_to_hf(m.params, m.config.model)) == set(hf.state_dict())
+    assert set(t5_hf.params_to_hf(m.params, m.config.model)) == set(hf.state_dict())
     m.save_hf(str(tmp_path / "back"))
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
     assert np.abs(_torch_logits(reloaded, ids, dec, mask) - m.logits(ids, dec, attention_mask=mask)).max() <= 1e-4
@@ -82,44 +81,36 @@ def test_relative_buckets_match_hugging_face(bidirectional, buckets, distance):
 @pytest.mark.parametrize("name", sorted(t5.PRESETS))
 def test_preset_parameter_counts_match_hugging_face(name):
     cfg = t5.PRESETS[name]
-    hf_cfg = {k: v for k, v in t5.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}
+    hf_cfg = {k: v for k, v in t5_hf.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}
     with torch.device("meta"):
         hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf_cfg))
     expected = sum(p.numel() for p in hf.parameters())
-    assert t5.num_params(cfg) == expected
+    assert steps.num_params(T5, cfg) == expected
     published = {"t5-small": 60_506_624, "t5-base": 222_903_552, "t5-large": 737_668_096,
                  "t5.1.1-small": 76_961_152, "t5.1.1-base": 247_577_856}
     if name in published:
         assert expected == published[name]
-    assert t5.config_from_hf(t5.config_to_hf(cfg)) == dataclasses.replace(cfg, num_decoder_layers=cfg.decoder_layers)
+    assert t5_hf.config_from_hf(t5_hf.config_to_hf(cfg)) == dataclasses.replace(cfg, num_decoder_layers=cfg.decoder_layers)
 
 
 def test_greedy_decode_matches_hugging_face_generate():
     hf = _hf_model("gated-gelu", False, decoder_layers=2)  # HF 4.57's generate cache assumes equal depths
-    cfg = t5.config_from_hf(hf.config.to_dict())
-    assert cfg == test_seq2seq.CFG  # the same shapes: one compilation of the decoding loop for both files
-    params = jax.tree.map(jnp.asarray, t5.params_from_hf({k: v.numpy() for k, v in hf.state_dict().items()}, cfg))
-    inputs = test_seq2seq.INPUTS  # different lengths: padding must not leak
-    ours = seq2seq.generate(t5.Model(cfg), params, inputs, test_seq2seq.STEPS, eos_id=1)
-    tokens, segments = seq2seq.right_pad(inputs, 0)
+    cfg = t5_hf.config_from_hf(hf.config.to_dict())
+    assert cfg == tiny_t5_config()  # the same shapes: one compilation of the decoding loop for both files
+    params = jax.tree.map(jnp.asarray, t5_hf.params_from_hf({k: v.numpy() for k, v in hf.state_dict().items()}, cfg))
+    inputs = T5_INPUTS  # different lengths: padding must not leak
+    ours = decode.generate_seq2seq(t5.Model(cfg), params, inputs, T5_STEPS, eos_id=1)
+    tokens, segments = decode.right_pad(inputs, 0)
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(segments),
-                          max_new_tokens=test_seq2seq.STEPS, do_sample=False, num_beams=1).numpy()
+                          max_new_tokens=T5_STEPS, do_sample=False, num_beams=1).numpy()
     for row, ref_row in zip(ours, ref[:, 1:].tolist()):  # HF rows start with the decoder start id
         cut = ref_row[: ref_row.index(1) + 1] if 1 in ref_row else ref_row
         assert row == cut
 
 
-def random_params(cfg, seed=0):
-    """Params of every shape the model wants, drawn with numpy (no init compilation)."""
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(t5.init_params(
-        t5.Model(cfg), jax.random.key(0), jax.tree.map(jnp.asarray, t5.init_batch(1, 8)))))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.5, s.shape), jnp.float32), shapes)
-
-
 def test_packed_examples_equal_separate_examples():
-    model, params = t5.Model(TINY), random_params(TINY)
+    model, params = t5.Model(TINY), random_params(T5, TINY, scale=0.5)
     rng = np.random.default_rng(1)
     pairs = [(rng.integers(3, 90, 7).tolist(), rng.integers(3, 90, 4).tolist()),
              (rng.integers(3, 90, 9).tolist(), rng.integers(3, 90, 6).tolist())]
@@ -193,26 +184,22 @@ def test_summary_task_and_rouge():
     pair = t5_tasks.summary_pair(text)
     assert pair["target"] == 'The "assert" statement' and pair["input"].startswith("summarize: Assert statements")
     assert t5_tasks.summary_pair("One paragraph only") is None
-    assert seq2seq.rouge_l("the cat sat", "the cat sat") == 1.0
-    assert seq2seq.rouge_l("a b c d", "a x c y") == pytest.approx(0.5)  # LCS "a c": P = R = 1/2
-    assert seq2seq.rouge_l("", "x") == 0.0
+    assert metrics.rouge_l("the cat sat", "the cat sat") == 1.0
+    assert metrics.rouge_l("a b c d", "a x c y") == pytest.approx(0.5)  # LCS "a c": P = R = 1/2
+    assert metrics.rouge_l("", "x") == 0.0
 
 
-def test_evaluate_generation_metrics():
-    model, params = t5.Model(test_seq2seq.CFG), random_params(test_seq2seq.CFG)
+def test_generation_metrics_score_the_generated_texts():
+    from zoo import config as config_lib
 
-    class Tok:  # a tokenizer of single characters, enough to drive the metrics
-        eos_id, pad_id = 1, 0
-
-        def encode_batch(self, texts):
-            return [[3 + ord(c) % 90 for c in t] for t in texts]
-
-        def decode(self, ids):
-            return "".join(chr(97 + i % 26) for i in ids if i > 1)
-
-    records = [{"input": "abc", "target": "x"}, {"input": "de", "target": "y"}]
-    out = t5.evaluate_generation(model, params, Tok(), records, max_new_tokens=test_seq2seq.STEPS, batch_size=2)
-    assert out["generated"] == 2 and 0.0 <= out["exact_match"] <= 1.0
+    cfg = dataclasses.replace(tiny_t5_config(), objective="seq2seq", target_len=T5_STEPS)
+    model, params = t5.Model(cfg), random_params(T5, cfg, scale=0.5)
+    tok = FakeTokenizer(vocab_size=96, num_sentinels=0)
+    records = [{"input": "abc de", "target": "x"}, {"input": "de", "target": "y"}]
+    run = config_lib.Config(preset="t5-tiny", family="t5", model=cfg, data=config_lib.DataConfig(seq_len=16, batch_size=2))
+    out = T5.generation_metrics(model, params, tok, records, run)
+    generated = decode.generate_text(model, params, tok, ["abc de", "de"], T5_STEPS, encoder_decoder=True)
+    assert out == {**metrics.generation_scores(generated, ["x", "y"]), "generated": 2}
     assert 0.0 <= out["rouge_l"] <= 1.0 and 0.0 <= out["bleu"] <= 100.0
 
 
@@ -254,7 +241,7 @@ def test_sharded_forward_matches_one_device():
     model = dataclasses.replace(TINY, num_sentinels=8)
     cfg = config_lib.Config(preset="t5-tiny", family="t5", model=model,
                             data=config_lib.DataConfig(batch_size=8, seq_len=32))
-    params = random_params(dataclasses.replace(model, vocab_size=300))
+    params = random_params(T5, dataclasses.replace(model, vocab_size=300), scale=0.5)
     results = []
     for shape in ((1, 1, 1), (2, 2, 2)):
         mesh = sharding.make_mesh(*shape, devices=jax.devices()[: int(np.prod(shape))])
@@ -275,7 +262,7 @@ def test_flops_per_token_matches_xla_cost_analysis(name):
     # one layer per stack: XLA's cost analysis counts a scanned loop's body once
     cfg = dataclasses.replace(t5.PRESETS[name], num_layers=1, num_decoder_layers=1, vocab_size=1000)
     model, S = t5.Model(cfg), 64
-    T = t5.decoder_len(cfg, S)
+    T = t5_tasks.decoder_len(cfg, S)
     params = jax.eval_shape(lambda: nn.meta.unbox(t5.init_params(model, jax.random.key(0),
                                                                  jax.tree.map(jnp.asarray, t5.init_batch(1, 8)))))
     batch = {k: jax.ShapeDtypeStruct((2, S if k.startswith("encoder") else T), v.dtype)

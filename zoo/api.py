@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import os
-import types
 from typing import Any
 
 import flax.linen as nn
@@ -19,16 +18,17 @@ import jax
 import numpy as np
 
 import models
-from zoo import checkpoint, config as config_lib, convert, experiment, optim, runs, sharding, steps
+from zoo import checkpoint, config as config_lib, convert, experiment, optim, runs, sharding, steps, workdir as workdir_lib
+from zoo.family import Family
 from zoo.tokenizer import HFTokenizer, Tokenizer
 
 
 @dataclasses.dataclass
 class ZooModel:
-    """A model ready for inference: run config, family module, Flax module, params, tokenizer (or None)."""
+    """A model ready for inference: run config, family, Flax module, params, tokenizer (or None)."""
 
     config: config_lib.Config
-    family: types.ModuleType
+    family: Family
     module: nn.Module
     params: Any
     tokenizer: Any = None
@@ -36,7 +36,7 @@ class ZooModel:
     @property
     def num_params(self) -> int:
         """Number of parameters."""
-        return experiment.num_params(self.params)
+        return steps.count_params(self.params)
 
     def logits(self, input_ids: Any, *args: Any, **kwargs: Any) -> np.ndarray:
         """Float32 logits for a batch of token ids (family-specific extras: attention_mask, ...)."""
@@ -46,7 +46,7 @@ class ZooModel:
         """Continue (GPT) or answer (T5) a prompt; greedy unless temperature/top_k/top_p are given."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; load one with zoo.load or zoo.load_hf")
-        if not hasattr(self.family, "generate"):
+        if self.family.generate is None:
             raise ValueError(f"the {self.config.family} family does not generate text")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens, **sampling)
@@ -54,11 +54,11 @@ class ZooModel:
 
     def save(self, workdir: str) -> None:
         """Write a zoo workdir (config, tokenizer, step-0 checkpoint with fresh optimizer state)."""
-        if os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        if os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)):
             raise ValueError(f"{workdir} already holds checkpoints; choose an empty workdir")
-        experiment.save_config(self.config, workdir)
+        workdir_lib.save_config(self.config, workdir)
         if isinstance(self.tokenizer, Tokenizer):
-            self.tokenizer.save(os.path.join(workdir, "tokenizer.model"))
+            workdir_lib.save_tokenizer(self.tokenizer, workdir)
         tx = optim.make_optimizer(self.config.optim, self.config.train.steps, self.params)
         zero = jax.numpy.zeros((), jax.numpy.int32)
         state = steps.TrainState(step=zero, params=self.params, opt_state=tx.init(self.params), bad_steps=zero)
@@ -68,18 +68,17 @@ class ZooModel:
 
     def save_hf(self, path: str) -> None:
         """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
-        if not hasattr(self.family, "params_to_hf"):
-            raise ValueError(f"the {self.config.family} family has no Hugging Face mapping")
-        hf_config = self.family.config_to_hf(self.config.model)
-        convert.write_hf_dir(path, hf_config, self.family.params_to_hf(jax.device_get(self.params), self.config.model))
+        hf = self.family.hf
+        hf_config = hf.config_to_hf(self.config.model)
+        convert.write_hf_dir(path, hf_config, hf.params_to_hf(jax.device_get(self.params), self.config.model))
 
 
 @functools.cache
-def _jitted_logits(family: types.ModuleType, module: nn.Module) -> Any:
+def _jitted_logits(family: Family, module: nn.Module) -> Any:
     return jax.jit(functools.partial(family.logits, module))
 
 
-def _init_params(family: types.ModuleType, module: nn.Module, seed: int) -> Any:
+def _init_params(family: Family, module: nn.Module, seed: int) -> Any:
     batch = family.init_batch(1, 8)
     return jax.jit(lambda rng: nn.meta.unbox(family.init_params(module, rng, batch)))(jax.random.key(seed))
 
@@ -89,20 +88,20 @@ def create(preset: str, seed: int = 0, **model_overrides: Any) -> ZooModel:
     family, model_cfg = models.preset(preset)
     for key, value in model_overrides.items():
         model_cfg = config_lib.override(model_cfg, key, value)
-    cfg = config_lib.Config(preset=preset, family=family.__name__.split(".")[-1], model=model_cfg,
-                            **family.train_defaults())
+    cfg = models.run_config(preset, model=model_cfg)
+    config_lib.check_fields(cfg)
+    family.validate(model_cfg, 8)  # a short sequence: only the shape rules apply
     module = family.Model(model_cfg)
     return ZooModel(cfg, family, module, _init_params(family, module, seed))
 
 
 def load(workdir: str, step: int | None = None) -> ZooModel:
     """A trained model from a zoo workdir: its config, tokenizer and the params of `step` (default latest)."""
-    cfg = experiment.load_config(workdir)
+    cfg = workdir_lib.load_config(workdir)
     # Inference uses every device on `data`; the training batch size only has to fit that mesh.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=jax.device_count()),
                               optim=dataclasses.replace(cfg.optim, grad_accum=1))
-    tokenizer_path = os.path.join(workdir, "tokenizer.model")
-    tokenizer = Tokenizer.from_file(tokenizer_path) if os.path.exists(tokenizer_path) else None
+    tokenizer = workdir_lib.saved_tokenizer(workdir)
     exp = experiment.build(cfg, workdir, tokenizer=tokenizer or experiment.NO_TOKENIZER,
                            mesh=sharding.make_mesh())
     params, _ = runs.restore_params(exp, step)
@@ -112,14 +111,13 @@ def load(workdir: str, step: int | None = None) -> ZooModel:
 def load_hf(path: str) -> ZooModel:
     """A model from a Hugging Face checkpoint directory (config.json + safetensors or .bin)."""
     hf_config, tensors = convert.read_hf_dir(path)
-    family = convert.family_for(hf_config)
-    model_cfg = family.config_from_hf(hf_config)
-    params = jax.tree.map(jax.numpy.asarray, family.params_from_hf(tensors, model_cfg))
-    expected = jax.eval_shape(lambda: nn.meta.unbox(
-        family.init_params(family.Model(model_cfg), jax.random.key(0), family.init_batch(1, 8))))
+    family = models.family_for_hf(hf_config.get("model_type"))
+    model_cfg = family.hf.config_from_hf(hf_config)
+    params = jax.tree.map(jax.numpy.asarray, family.hf.params_from_hf(tensors, model_cfg))
+    expected = nn.meta.unbox(steps.abstract_params(family, family.Model(model_cfg), 1, 8))
     _check_tree(params, expected, path)
-    cfg = config_lib.Config(preset=f"hf:{hf_config['model_type']}", family=family.__name__.split(".")[-1],
-                            model=model_cfg, **family.train_defaults())
+    cfg = config_lib.Config(preset=f"hf:{hf_config['model_type']}", family=family.name, model=model_cfg,
+                            **family.train_defaults)
     return ZooModel(cfg, family, family.Model(model_cfg), params, _hf_tokenizer(path))
 
 

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-CHECKPOINT_DIR = "checkpoints"
+from zoo.workdir import CHECKPOINT_DIR
 
 
 class CheckpointError(RuntimeError):

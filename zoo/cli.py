@@ -1,4 +1,4 @@
-"""Command-line flags of train.py and eval.py, config resolution, and one-line errors for people."""
+"""Command-line flags of train.py and eval.py, and one-line errors for people."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import os
 import sys
 from typing import Iterator
 
-import jax
-
-import models
 from zoo import config as config_lib
 from zoo.checkpoint import CheckpointError
 from zoo.data import DataError
-from zoo.experiment import CONFIG_FILE, load_config
 
 # Errors that mean "the user asked for something that cannot work": reported in one line, exit 2.
 USER_ERRORS = (config_lib.ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError)
@@ -77,14 +73,6 @@ def _distributed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, default=None)
 
 
-def init_distributed(args: argparse.Namespace) -> None:
-    """Start JAX's multi-process runtime when asked to (or automatically on a Cloud TPU pod)."""
-    if args.coordinator:
-        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
-        jax.distributed.initialize()
-
-
 def parse_mesh(text: str) -> dict[str, int]:
     """`data=2,fsdp=2,tensor=2` -> {'data': 2, 'fsdp': 2, 'tensor': 2}."""
     out = {}
@@ -99,8 +87,8 @@ def parse_mesh(text: str) -> dict[str, int]:
     return out
 
 
-def _flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The typed flags as dotted overrides."""
+def overrides(args: argparse.Namespace) -> list[str]:
+    """train.py's typed flags and --set values as dotted overrides, in that order."""
     pairs = [("data.source", args.data), ("train.steps", args.steps), ("data.batch_size", args.batch_size),
              ("data.seq_len", args.seq_len), ("train.seed", args.seed),
              ("train.checkpoint_every", args.checkpoint_every)]
@@ -109,25 +97,6 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         mesh = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)}
         out += [f"mesh.{k}={v}" for k, v in mesh.items()]
     return out + list(args.set)
-
-
-def train_config(args: argparse.Namespace) -> config_lib.Config:
-    """The run's config: the workdir's saved one when resuming, else the preset; then the flags."""
-    saved = os.path.join(args.workdir, CONFIG_FILE)
-    if os.path.exists(saved):
-        cfg = load_config(args.workdir)
-        if args.model and args.model != cfg.preset:
-            raise config_lib.ConfigError(
-                f"{args.workdir} holds a {cfg.preset} run, not {args.model}; use another --workdir")
-        new = config_lib.apply_overrides(cfg, _flag_overrides(args))
-        if new.model != cfg.model:
-            raise config_lib.ConfigError(f"{args.workdir} holds a run with other model settings; "
-                                         f"model.* cannot change on resume (use another --workdir)")
-        return new
-    family, model_cfg = models.preset(args.model or "gpt-tiny")
-    cfg = config_lib.Config(preset=args.model or "gpt-tiny", family=family.__name__.split(".")[-1],
-                            model=model_cfg, **family.train_defaults())
-    return config_lib.apply_overrides(cfg, _flag_overrides(args))
 
 
 def with_mesh_flag(cfg: config_lib.Config, mesh_text: str | None) -> config_lib.Config:

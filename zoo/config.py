@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     """A bad preset, key or value in a configuration."""
 
 
+# Model fields that change how a run computes, not what it computes with: they may differ between a
+# run and its resume (or its evaluation); every other model field shapes the params or the data.
+RUNTIME_MODEL_FIELDS = ("dtype", "remat", "attention_impl", "dropout")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup, cosine decay, global-norm clipping and gradient accumulation."""
@@ -101,6 +106,11 @@ def _parse_value(text: str, kind: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is typing.Literal:
+        choices = typing.get_args(kind)
+        if text not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {text!r}")
+        return text
     if kind is bool:
         if text.lower() in ("true", "1", "yes"):
             return True
@@ -122,24 +132,25 @@ def _field_types(obj: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(obj))
 
 
-def override(obj: Any, key: str, value: Any) -> Any:
+def override(obj: Any, key: str, value: Any, _section: str = "") -> Any:
     """Return a copy of a config dataclass with dotted `key` set; strings are parsed to the field type."""
     head, _, rest = key.partition(".")
+    full = _section + key  # errors name the whole flag, e.g. model.norm
     names = {f.name for f in dataclasses.fields(obj)}
     if head not in names:
-        raise ConfigError(f"unknown config key {key!r}; valid here: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {full!r}; valid here: {', '.join(sorted(names))}")
     current = getattr(obj, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{head} has no sub-keys (got {key!r})")
-        return dataclasses.replace(obj, **{head: override(current, rest, value)})
+            raise ConfigError(f"{_section + head} has no sub-keys (got {full!r})")
+        return dataclasses.replace(obj, **{head: override(current, rest, value, f"{_section}{head}.")})
     if dataclasses.is_dataclass(current):
-        raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.<name>=...")
+        raise ConfigError(f"{full!r} is a section; set one of its keys, e.g. {full}.<name>=...")
     kind = _field_types(obj)[head]
     if isinstance(value, str) and kind is not str:
-        value = _parse_value(value, kind, key)
+        value = _parse_value(value, kind, full)
     elif not isinstance(value, str):
-        value = _check_type(value, kind, key)
+        value = _check_type(value, kind, full)
     return dataclasses.replace(obj, **{head: value})
 
 
@@ -153,12 +164,28 @@ def _check_type(value: Any, kind: Any, key: str) -> Any:
             return value
     elif _is_instance(value, kind):
         return value
+    if typing.get_origin(kind) is typing.Literal:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, typing.get_args(kind)))}, got {value!r}")
     raise ConfigError(f"{key} expects {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass (and its sections) against its annotated type."""
+    hints = _field_types(obj)
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key + ".")
+        elif field.name in hints and hints[field.name] is not Any:
+            _check_type(value, hints[field.name], key)
 
 
 def _is_instance(value: Any, kind: Any) -> bool:
     if kind is type(None):
         return value is None
+    if typing.get_origin(kind) is typing.Literal:
+        return value in typing.get_args(kind)
     if kind is int and isinstance(value, bool):
         return False
     return isinstance(value, typing.get_origin(kind) or kind)

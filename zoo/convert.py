@@ -1,7 +1,7 @@
 """Hugging Face checkpoint directories <-> (HF config dict, flat numpy tensors).
 
-The per-family name mapping lives in each family module (`config_from_hf`, `params_from_hf`,
-`params_to_hf`, `config_to_hf`, `HF_MODEL_TYPES`); this module only reads and writes files:
+The per-family name mapping lives in each family's `hf.py` (its `Family.hf`); this module only
+reads and writes files:
 `config.json` plus `model.safetensors` (or sharded safetensors with an index, or a PyTorch
 `pytorch_model.bin`, read with torch when it is installed).
 """
@@ -11,11 +11,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-import types
 
 import numpy as np
-
-import models
 
 
 class ConversionError(ValueError):
@@ -62,16 +59,6 @@ def write_hf_dir(path: str, config: dict, tensors: dict[str, np.ndarray]) -> Non
         json.dump(config, f, indent=2, sort_keys=True)
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     save_file(contiguous, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-
-
-def family_for(config: dict) -> types.ModuleType:
-    """The zoo family that reads a Hugging Face config's `model_type`."""
-    model_type = config.get("model_type")
-    for family in models.FAMILIES.values():
-        if model_type in getattr(family, "HF_MODEL_TYPES", ()):
-            return family
-    known = sorted(t for f in models.FAMILIES.values() for t in getattr(f, "HF_MODEL_TYPES", ()))
-    raise ConversionError(f"Hugging Face model_type {model_type!r} is not supported; known: {', '.join(known)}")
 
 
 def take(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:

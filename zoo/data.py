@@ -23,9 +23,7 @@ import jax
 import numpy as np
 
 from zoo import corpus
-from zoo.tokenizer import Tokenizer
 
-TOKENIZER_FILE = "tokenizer.model"
 Examples = dict[str, np.ndarray]
 
 
@@ -45,6 +43,16 @@ def load_records(source: str, split: str, valid_fraction: float = 0.02, seed: in
     if source.startswith("tfds:"):
         return _read_tfds(source[len("tfds:"):], split)
     raise DataError(f"unknown data source {source!r}; use builtin, text:GLOB or tfds:NAME")
+
+
+def record_text(record: dict[str, str]) -> str:
+    """A record's text for language modelling: `text`, or `input` and `target` joined by a space."""
+    return record["text"] if "text" in record else record.get("input", "") + " " + record.get("target", "")
+
+
+def record_texts(records: list[dict[str, str]]) -> list[str]:
+    """Every string of every record but labels (what a tokenizer is trained on)."""
+    return [v for r in records for k, v in r.items() if k != "label"]
 
 
 def _read_text_files(pattern: str) -> list[dict[str, str]]:
@@ -113,20 +121,6 @@ def _tfds_record(example: dict[str, Any]) -> dict[str, str]:
     if "input" in example and "target" in example:
         return {"input": text(example["input"]), "target": text(example["target"])}
     raise DataError(f"TFDS examples with fields {sorted(example)} are not supported")
-
-
-def get_tokenizer(workdir: str | None, records: list[dict[str, str]], vocab_size: int,
-                  sentinels: int = 0) -> Tokenizer:
-    """The workdir's tokenizer, or a new sentencepiece model trained on `records` (saved there)."""
-    path = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
-    if path and os.path.exists(path):
-        return Tokenizer.from_file(path)
-    texts = (v for r in records for k, v in r.items() if k != "label")
-    tokenizer = Tokenizer.train(texts, vocab_size, sentinels=sentinels)
-    if path and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tokenizer.save(path)
-    return tokenizer
 
 
 class Batches:

@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import types
 from typing import Any
 
 import flax.linen as nn
-import jax
 import optax
 from jax.sharding import Mesh
 
 import models
-from zoo import checkpoint, config as config_lib, data, optim, sharding, steps
+from zoo import checkpoint, config as config_lib, data, optim, sharding, steps, workdir as workdir_lib
+from zoo.family import Family
 from zoo.tokenizer import Tokenizer
 
-CONFIG_FILE = "config.json"
 NO_TOKENIZER = "none"  # pass as `tokenizer` to build a model without one (vocab size from the config)
 
 
@@ -31,7 +27,7 @@ class Experiment:
 
     config: config_lib.Config
     workdir: str | None
-    family: types.ModuleType
+    family: Family
     mesh: Mesh
     tokenizer: Tokenizer | None
     model: nn.Module
@@ -67,50 +63,30 @@ class Experiment:
         return checkpoint.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints, read_only=read_only)
 
 
-def load_config(workdir: str) -> config_lib.Config:
-    """The config saved in a workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise config_lib.ConfigError(f"{workdir} has no {CONFIG_FILE}; is it a zoo workdir?")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise config_lib.ConfigError(f"cannot read {path}: {err}") from None
-    family = models.FAMILIES.get(raw.get("family"))
-    if family is None:
-        raise config_lib.ConfigError(f"{path} names an unknown model family {raw.get('family')!r}")
-    return config_lib.from_dict(raw, family.Config)
-
-
-def save_config(cfg: config_lib.Config, workdir: str) -> None:
-    """Write config.json atomically (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(config_lib.to_json(cfg))
-    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+def validate(cfg: config_lib.Config, mesh: Mesh) -> None:
+    """Raise a one-line ConfigError/ValueError if the run cannot work on `mesh`, before anything is written."""
+    config_lib.check_fields(cfg)
+    models.FAMILIES[cfg.family].validate(cfg.model, cfg.data.seq_len)
+    shards = sharding.batch_size_per_shard(mesh)
+    if cfg.data.batch_size % shards:
+        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by the data-parallel size "
+                         f"{shards} (data x fsdp); change --batch-size or --mesh")
+    if cfg.data.batch_size % cfg.optim.grad_accum:
+        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by grad_accum {cfg.optim.grad_accum}")
 
 
 def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | str | None = None,
-          mesh: Mesh | None = None) -> Experiment:
-    """Mesh, tokenizer (given, else loaded from the workdir or trained), model, optimizer, state layout."""
+          mesh: Mesh | None = None, init_from: str | None = None) -> Experiment:
+    """Mesh, tokenizer (given, else `workdir.run_tokenizer`'s), model, optimizer, state layout."""
     family = models.FAMILIES[cfg.family]
-    family.validate(cfg.model, cfg.data.seq_len)  # before anything (a tokenizer) is written
     if mesh is None:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    if cfg.data.batch_size % sharding.batch_size_per_shard(mesh):
-        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by the data-parallel size "
-                         f"{sharding.batch_size_per_shard(mesh)} (data x fsdp); change --batch-size or --mesh")
-    if cfg.data.batch_size % cfg.optim.grad_accum:
-        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by grad_accum {cfg.optim.grad_accum}")
+    validate(cfg, mesh)
     if tokenizer is None:
-        train_records = None if _has_tokenizer(workdir) else data.load_records(
-            cfg.data.source, "train", cfg.data.valid_fraction, cfg.train.seed)
-        tokenizer = data.get_tokenizer(workdir, train_records or [], cfg.data.vocab_size,
-                                       sentinels=family.sentinels(cfg.model))
+        train_texts = lambda: data.record_texts(  # noqa: E731  (read only if a tokenizer must be trained)
+            data.load_records(cfg.data.source, "train", cfg.data.valid_fraction, cfg.train.seed))
+        tokenizer = workdir_lib.run_tokenizer(workdir, train_texts, cfg.data.vocab_size,
+                                              family.reserved_ids(cfg.model), init_from=init_from)
     if isinstance(tokenizer, str):
         tokenizer = None
     elif cfg.model.vocab_size != tokenizer.vocab_size:
@@ -121,12 +97,3 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
     tx = optim.make_optimizer(cfg.optim, cfg.train.steps, params_shape)
     layout = steps.state_layout(family, model, tx, mesh, cfg.data.batch_size, cfg.data.seq_len)
     return Experiment(cfg, workdir, family, mesh, tokenizer, model, tx, schedule, layout)
-
-
-def _has_tokenizer(workdir: str | None) -> bool:
-    return bool(workdir) and os.path.exists(os.path.join(workdir, data.TOKENIZER_FILE))
-
-
-def num_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return sum(int(x.size) for x in jax.tree.leaves(params))

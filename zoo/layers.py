@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-import numpy as np
+
+from zoo import kernels
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform softmax, not NaN
@@ -41,23 +41,23 @@ class TransformerConfig:
     num_kv_heads: int = 0  # 0: same as num_heads; fewer gives grouped-query attention
     head_dim: int = 0  # 0: d_model // num_heads
     d_ff: int = 512
-    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     pre_norm: bool = True  # False: post-norm residual blocks as in the original Transformer/BERT
-    activation: str = "gelu_tanh"  # gelu_tanh | gelu | relu | silu
+    activation: Literal["gelu_tanh", "gelu", "relu", "silu"] = "gelu_tanh"
     gated_mlp: bool = False  # True: GLU-style MLP (SwiGLU with silu, GeGLU with gelu)
     use_bias: bool = True
-    position: str = "learned"  # learned | rope | relative | none
+    position: Literal["learned", "rope", "relative", "none"] = "learned"
     rope_theta: float = 10000.0
     sliding_window: int = 0  # 0: full attention; w: each query sees the last w keys
     dropout: float = 0.0
-    dtype: str = "float32"  # compute dtype for activations and matmuls
-    param_dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype of activations and matmuls
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     # what the backward pass keeps of each layer: projections (every weight projection's output, in
     # the compute dtype; attention scores and elementwise work are recomputed) | dots (every matmul
     # output, in float32) | dots_no_batch | full (nothing: recompute the layer) | none (no remat)
-    remat: str = "projections"
-    attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+    remat: Literal["projections", "dots", "dots_no_batch", "full", "none"] = "projections"
+    attention_impl: Literal["einsum", "xla", "cudnn"] = "einsum"  # xla, cudnn: jax.nn.dot_product_attention
 
     @property
     def kv_heads(self) -> int:
@@ -87,78 +87,15 @@ def constrain(x: Array, axes: tuple) -> Array:
 
 
 def project(spec: str, x: Array, w: Array, out_dtype: Any = None) -> Array:
-    """`einsum(spec, x, w)` of activations with a weight, in x's dtype, accumulated in float32.
+    """`einsum(spec, x, w)` of activations with a weight, computed in x's dtype.
 
-    The spec must read [rows..., contracted...] x [contracted..., out...] (or the weight with its
-    contracted axes last) -> [rows..., out...], as every projection here does. The result has x's
-    dtype unless `out_dtype` is given; `w` is cast to x's dtype, and its gradient keeps w's dtype.
+    Every weight projection of every model goes through here. The spec reads [rows..., contracted...]
+    x [contracted..., out...] (or the weight with its contracted axes last) -> [rows..., out...]. The
+    result has x's dtype unless `out_dtype` is given (float32 logits), and its gradient keeps w's
+    dtype. `zoo.kernels.matmul` picks the form for the platform; the output is named for the default
+    remat policy, which saves it for the backward pass.
     """
-    inputs, out_axes = spec.split("->")
-    x_axes, w_axes = inputs.split(",")
-    contracted = "".join(a for a in x_axes if a in w_axes)
-    rows, outs = x_axes[: len(x_axes) - len(contracted)], "".join(a for a in w_axes if a not in x_axes)
-    weight_last = w_axes == outs + contracted  # e.g. a tied embedding table [V, D] as the output head
-    if x_axes != rows + contracted or out_axes != rows + outs or w_axes not in (contracted + outs, outs + contracted):
-        raise ValueError(f"project needs [rows, contracted] x [contracted, out] -> [rows, out], got {spec!r}")
-    # always one 2-D matmul: its gradients are 2-D matmuls too, which XLA:CPU runs fastest (and, for
-    # bfloat16 into float32, is the only form it supports for every layout)
-    out_shape = (*x.shape[: len(rows)], *(w.shape[: len(outs)] if weight_last else w.shape[len(contracted):]))
-    size_c = int(np.prod(x.shape[len(rows):]))
-    x_RC = x.reshape(-1, size_c)
-    w_2d = w.reshape(-1, size_c) if weight_last else w.reshape(size_c, -1)
-    matmul = _matmul if x.dtype == jnp.float32 else _low_precision_matmul
-    y_RF = matmul(weight_last, x_RC, w_2d)
-    y = y_RF.astype(jnp.dtype(out_dtype or x.dtype)).reshape(out_shape)
-    return checkpoint_name(y, "projection")  # what the default remat policy saves
-
-
-def _matmul(weight_last: bool, x_RC: Array, w: Array) -> Array:
-    """x [R, C] times w [C, F] (or [F, C] when `weight_last`) -> [R, F] in float32."""
-    return jnp.einsum("RC,FC->RF" if weight_last else "RC,CF->RF", x_RC, w.astype(x_RC.dtype),
-                      preferred_element_type=jnp.float32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _low_precision_matmul(weight_last: bool, x_RC: Array, w: Array) -> Array:
-    """A 2-D low-precision matmul into float32 whose gradients also multiply in x's dtype.
-
-    JAX's own gradient of a matmul with a float32 `preferred_element_type` upcasts both operands to
-    float32, which halves the bfloat16 rate on CPU; this keeps the backward products in x's dtype
-    with float32 accumulation (measured 1.6x faster for a [1024,768]x[768,3072] gradient).
-    """
-    return _matmul(weight_last, x_RC, w)
-
-
-def _low_precision_matmul_fwd(weight_last: bool, x_RC: Array, w: Array) -> tuple[Array, tuple]:
-    return _matmul(weight_last, x_RC, w), (x_RC, w)
-
-
-def _low_precision_matmul_bwd(weight_last: bool, saved: tuple, g_RF: Array) -> tuple[Array, Array]:
-    x_RC, w = saved
-    g_RF = g_RF.astype(x_RC.dtype)
-    dx_RC = jnp.einsum("RF,FC->RC" if weight_last else "RF,CF->RC", g_RF, w.astype(x_RC.dtype),
-                       preferred_element_type=jnp.float32)
-    dw_CF = jnp.einsum("CR,RF->CF", _transposed_in_memory(x_RC), g_RF, preferred_element_type=jnp.float32)
-    # the barrier stops XLA folding this transpose into the matmul's output layout, a bf16 form
-    # XLA:CPU has no kernel for
-    dw = jax.lax.optimization_barrier(dw_CF).T if weight_last else dw_CF
-    return dx_RC.astype(x_RC.dtype), dw.astype(w.dtype)
-
-
-def _transposed_in_memory(x_RC: Array) -> Array:
-    """x.T, on a single CPU device copied into row-major order rather than left to the matmul.
-
-    XLA:CPU runs a bfloat16 matmul that contracts the leading axis of both operands (a weight
-    gradient) at half the rate of the forward form: 145-177 against 251-334 GFLOP/s measured at
-    gpt2-small shapes. A flat copy behind a barrier keeps layout assignment from folding the
-    transpose back into the matmul. Skipped on sharded meshes, where the flat copy would gather.
-    """
-    if jax.default_backend() != "cpu" or jax.device_count() > 1:
-        return x_RC.T
-    return jax.lax.optimization_barrier(x_RC.T.reshape(-1)).reshape(x_RC.shape[1], x_RC.shape[0])
-
-
-_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+    return checkpoint_name(kernels.matmul(spec, x, w, out_dtype), "projection")
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -273,9 +210,7 @@ def dot_product_attention(q_BLHK: Array, k_BSHK: Array, v_BSHK: Array, mask_B1LS
         v_BSHK = jnp.repeat(v_BSHK, H // G, axis=2)
     scale = q_BLHK.shape[-1] ** -0.5 if scale is None else scale
     if impl != "einsum":
-        return jax.nn.dot_product_attention(
-            q_BLHK, k_BSHK, v_BSHK, bias=bias_BHLS, mask=mask_B1LS, scale=scale,
-            implementation=None if impl == "xla_auto" else impl)
+        return kernels.fused_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_BHLS, scale, impl)
     logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
     logits_BHLS = logits_BHLS * scale
     if bias_BHLS is not None:
@@ -446,71 +381,3 @@ def residual(cfg: TransformerConfig, norm: Norm, x_BLD: Array, sublayer: Callabl
     if cfg.pre_norm:
         return x_BLD + sublayer(norm(x_BLD))
     return norm(x_BLD + sublayer(x_BLD))
-
-
-REMAT_POLICIES: dict[str, Any] = {
-    "projections": jax.checkpoint_policies.save_only_these_names("projection"),
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
-
-
-def scan_layers(block: type[nn.Module], cfg: TransformerConfig, num_layers: int,
-                per_layer: bool = False) -> type[nn.Module]:
-    """Stack `num_layers` copies of `block` with nn.scan (params gain a leading `layers` axis).
-
-    The block is rematerialised in the backward pass by `cfg.remat`. Extra call arguments after
-    the carry are broadcast to every layer. With `per_layer` the copies are separate modules named
-    "0", "1", ... instead, reading the params that `split_layers` makes: decoding's token loop
-    runs this form, everything else (and every checkpoint) the stacked one.
-    """
-    if cfg.remat not in ("none", *REMAT_POLICIES):
-        raise ValueError(f"unknown remat policy {cfg.remat!r}; use none, {', '.join(REMAT_POLICIES)}")
-    if per_layer:
-        return _unrolled(block, num_layers)
-    if cfg.remat != "none":
-        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    return nn.scan(
-        block,
-        variable_axes={"params": 0, "cache": 0},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast,
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-    )
-
-
-def _unrolled(block: type[nn.Module], num_layers: int) -> type[nn.Module]:
-    """A module built like `block` that runs `num_layers` separate copies of it in turn."""
-
-    class Unrolled(block):  # same constructor fields as the block, so callers build it the same way
-        @nn.compact
-        def __call__(self, x: Array, *args: Any) -> tuple[Array, None]:
-            fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(block)
-                      if f.name not in ("parent", "name")}
-            for i in range(num_layers):
-                x, _ = block(**fields, name=str(i))(x, *args)
-            return x, None
-
-    return Unrolled
-
-
-def split_layers(tree: Any) -> Any:
-    """A params or cache tree with every stacked `layers` subtree split into {"0": ..., "1": ...}.
-
-    For models called with `per_layer=True`. Decoding a few tokens at a time is bound by reading
-    the weights; inside a scan each layer's weights are sliced out of the stack, a copy per layer
-    per step, which separate buffers avoid (measured 1.7x faster for a 12-layer stack at batch 1
-    on CPU). Split once per generation, inside jit: the split itself copies the weights once.
-    """
-    if not isinstance(tree, Mapping):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        if key == "layers":
-            n = jax.tree.leaves(value)[0].shape[0]
-            out[key] = {str(i): jax.tree.map(lambda a, i=i: a[i], value) for i in range(n)}
-        else:
-            out[key] = split_layers(value)
-    return out

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import flax.traverse_util as traverse
 import jax
 
-from zoo import checkpoint, data, experiment, steps, trainer
+from zoo import checkpoint, experiment, steps, trainer, workdir as workdir_lib
 from zoo.experiment import Experiment
-from zoo.tokenizer import Tokenizer
 
 
 def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[steps.TrainState, int]:
@@ -37,8 +34,8 @@ def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
     This is how fine-tuning starts from a pretrained run: the shared body is loaded and new heads
     keep their fresh initialisation.
     """
-    other_cfg = experiment.load_config(workdir)
-    other = experiment.build(other_cfg, workdir, tokenizer=workdir_tokenizer(workdir), mesh=exp.mesh)
+    other_cfg = workdir_lib.load_config(workdir)
+    other = experiment.build(other_cfg, workdir, tokenizer=workdir_lib.require_tokenizer(workdir), mesh=exp.mesh)
     source = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         loaded = source.restore_params(other.layout.abstract.params)
@@ -57,26 +54,6 @@ def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
     if jax.process_index() == 0:
         print(f"initialised {used}/{len(flat_fresh)} parameter arrays from {workdir}")
     return traverse.unflatten_dict(flat_fresh)
-
-
-def init_from_tokenizer(workdir: str, init_from: str | None) -> Tokenizer | None:
-    """--init-from's tokenizer, saved into a workdir that has none (fine-tuning must keep the pretrained
-    vocabulary, whatever text it sees); None when there is no --init-from or the workdir has its own."""
-    if not init_from or os.path.exists(os.path.join(workdir, data.TOKENIZER_FILE)):
-        return None
-    tokenizer = workdir_tokenizer(init_from)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tokenizer.save(os.path.join(workdir, data.TOKENIZER_FILE))
-    return tokenizer
-
-
-def workdir_tokenizer(workdir: str) -> Tokenizer:
-    """The tokenizer saved in a workdir."""
-    path = os.path.join(workdir, data.TOKENIZER_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} has no {data.TOKENIZER_FILE}; is it a zoo workdir?")
-    return Tokenizer.from_file(path)
 
 
 def restore_params(exp: Experiment, step: int | None = None) -> tuple[Any, int]:
@@ -99,14 +76,15 @@ def report(exp: Experiment, params: Any, step: int | None = None, samples: int =
     if step is not None:
         summary["step"] = step
     records = exp.records("validation")
-    if hasattr(exp.family, "generation_metrics"):  # e.g. T5's exact match, BLEU, ROUGE-L
-        summary.update(exp.family.generation_metrics(exp.model, params, exp.tokenizer, records, exp.config))
+    family = exp.family
+    if family.generation_metrics is not None:  # e.g. T5's exact match, BLEU, ROUGE-L
+        summary.update(family.generation_metrics(exp.model, params, exp.tokenizer, records, exp.config))
     texts: list[dict[str, str]] = []
-    if samples > 0 and hasattr(exp.family, "generate"):
-        prompts = exp.family.sample_prompts(exp.config, records, exp.tokenizer, samples)
+    if samples > 0 and family.generate is not None and family.sample_prompts is not None:
+        prompts = family.sample_prompts(exp.config, records, exp.tokenizer, samples)
         t = exp.config.train
-        outputs = exp.family.generate(exp.model, params, exp.tokenizer, prompts, t.sample_tokens,
-                                      temperature=t.sample_temperature, top_k=t.sample_top_k, seed=t.seed)
+        outputs = family.generate(exp.model, params, exp.tokenizer, prompts, t.sample_tokens,
+                                  temperature=t.sample_temperature, top_k=t.sample_top_k, seed=t.seed)
         texts = [{"prompt": p, "continuation": o} for p, o in zip(prompts, outputs)]
     if jax.process_index() == 0:
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
@@ -115,13 +93,3 @@ def report(exp: Experiment, params: Any, step: int | None = None, samples: int =
             print(f"--- {t['prompt']!r} -> {t['continuation']!r}")
     summary["samples"] = texts
     return summary
-
-
-def write_json(path: str, values: dict[str, Any]) -> None:
-    """Write one JSON object atomically (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2)
-    os.replace(tmp, path)

@@ -8,6 +8,7 @@ width and vocabulary over tensor (Megatron-style).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +29,14 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("relpos", None),
 )
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Start JAX's multi-process runtime when asked to (or automatically on a Cloud TPU pod)."""
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
+        jax.distributed.initialize()
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:

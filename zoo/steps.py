@@ -1,6 +1,6 @@
 """Train state, its sharded initialisation, and the jitted train and eval steps.
 
-Every family plugs in through three functions of its module: `init_params(model, rng, batch)`,
+Every family plugs in through three members of its `Family`: `init_params(model, rng, batch)`,
 `loss_sums(model, params, batch, dropout_rng, train)` returning summed metrics with `loss_sum`
 and `weight_sum`, and `init_batch(batch_size, seq_len)` giving example shapes.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import types
+import math
 from typing import Any, Callable, Iterator
 
 import flax
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from zoo import sharding
+from zoo import kernels, sharding
+from zoo.family import Family
 
 
 @flax.struct.dataclass
@@ -43,18 +44,29 @@ class StateLayout:
 
 @contextlib.contextmanager
 def on_mesh(mesh: Mesh) -> Iterator[None]:
-    """Make `mesh` and the logical-axis rules current (for tracing and for array creation)."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    """Make `mesh`, the logical-axis rules and the mesh platform's kernels current (for tracing and arrays)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES), \
+            kernels.for_platform(mesh.devices.flat[0].platform):
         yield
 
 
-def abstract_params(family: types.ModuleType, model: nn.Module, batch_size: int, seq_len: int) -> Any:
+def abstract_params(family: Family, model: nn.Module, batch_size: int, seq_len: int) -> Any:
     """Boxed (LogicallyPartitioned) parameter shapes, computed without allocating anything."""
     batch = family.init_batch(batch_size, seq_len)
     return jax.eval_shape(lambda: family.init_params(model, jax.random.key(0), batch))
 
 
-def state_layout(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+def count_params(tree: Any) -> int:
+    """Number of scalars in a parameter tree (arrays or shapes)."""
+    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(tree)))
+
+
+def num_params(family: Family, cfg: Any) -> int:
+    """Parameter count of a model config, from shapes alone."""
+    return count_params(abstract_params(family, family.Model(cfg), 1, 8))
+
+
+def state_layout(family: Family, model: nn.Module, tx: optax.GradientTransformation,
                  mesh: Mesh, batch_size: int, seq_len: int) -> StateLayout:
     """Where every leaf of the train state lives on `mesh`, from the logical-axis rules."""
     boxed = abstract_params(family, model, batch_size, seq_len)
@@ -74,7 +86,7 @@ def state_layout(family: types.ModuleType, model: nn.Module, tx: optax.GradientT
     return StateLayout(abstract, shardings, batch_shardings)
 
 
-def init_state(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+def init_state(family: Family, model: nn.Module, tx: optax.GradientTransformation,
                layout: StateLayout, mesh: Mesh, seed: int) -> TrainState:
     """A fresh train state, created directly in its sharded layout (no host-side copy of the params)."""
     batch = family.init_batch(1, 8)
@@ -96,7 +108,7 @@ def _micro_batches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Arr
     return jax.tree.map(split, batch)
 
 
-def make_train_step(family: types.ModuleType, model: nn.Module, tx: optax.GradientTransformation,
+def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransformation,
                     layout: StateLayout, mesh: Mesh, schedule: optax.Schedule, seed: int,
                     grad_accum: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A jitted `(state, batch) -> (state, metrics)`; the input state's buffers are donated.
@@ -152,7 +164,7 @@ def make_train_step(family: types.ModuleType, model: nn.Module, tx: optax.Gradie
                    out_shardings=(layout.shardings, rep), donate_argnums=(0,))
 
 
-def make_eval_step(family: types.ModuleType, model: nn.Module, layout: StateLayout,
+def make_eval_step(family: Family, model: nn.Module, layout: StateLayout,
                    mesh: Mesh) -> Callable[[Any, dict], dict]:
     """A jitted `(params, batch) -> summed metrics` with dropout off."""
     def step(params: Any, batch: dict) -> dict:

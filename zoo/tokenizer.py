@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import jax
 from tqdm.auto import tqdm
 
-from zoo import data, metrics as metrics_lib, steps
+from zoo import data, metrics as metrics_lib, steps, throughput, workdir
 from zoo.experiment import Experiment
 
 
@@ -55,7 +55,8 @@ def evaluate(exp: Experiment, params: Any, batches: data.Batches, max_batches: i
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
     summary = metrics_lib.summarize(totals)
-    summary.update(getattr(exp.family, "summarize", lambda _: {})(totals))  # family extras, e.g. BERT's F1
+    if exp.family.summarize is not None:  # family extras, e.g. BERT's F1
+        summary.update(exp.family.summarize(totals))
     return summary
 
 
@@ -65,7 +66,7 @@ def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = F
     t = cfg.train
     is_main = jax.process_index() == 0
     checkpointer = exp.checkpointer()
-    writer = metrics_lib.MetricsWriter(exp.workdir)
+    writer = workdir.MetricsWriter(exp.workdir)
     start = int(jax.device_get(state.step))
     writer.truncate_after(start)
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule,
@@ -88,7 +89,7 @@ def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = F
                 if pending[0] % t.log_every == 0:
                     elapsed = time.perf_counter() - window_start
                     rate = tokens_per_step * window_steps / max(elapsed, 1e-9)
-                    _log(writer, bar, pending, rate, metrics_lib.mfu(flops_per_token, rate))
+                    _log(writer, bar, pending, rate, throughput.mfu(flops_per_token, rate))
                 if pending[0] % t.log_every == 0 or pending[0] == start + 1:
                     # the first step includes compilation: throughput is timed from after it
                     window_start, window_steps = time.perf_counter(), 0
@@ -112,7 +113,7 @@ def fit(exp: Experiment, state: steps.TrainState, position: int, quiet: bool = F
             _check_health(pending, t.max_bad_steps)
             elapsed = time.perf_counter() - window_start
             rate = tokens_per_step * (window_steps + 1) / max(elapsed, 1e-9)
-            _log(writer, bar, pending, rate, metrics_lib.mfu(flops_per_token, rate))
+            _log(writer, bar, pending, rate, throughput.mfu(flops_per_token, rate))
     bar.close()
     checkpointer.close()
     writer.close()
@@ -127,7 +128,7 @@ def _check_health(pending: tuple[int, Any], max_bad_steps: int) -> None:
                             f"gradient; lower optim.learning_rate or check the data")
 
 
-def _log(writer: metrics_lib.MetricsWriter, bar: tqdm, pending: tuple[int, Any], rate: float, mfu: float) -> None:
+def _log(writer: workdir.MetricsWriter, bar: tqdm, pending: tuple[int, Any], rate: float, mfu: float) -> None:
     step, m = pending
     m = jax.device_get(m)
     record = {"loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),

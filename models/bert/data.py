@@ -1,7 +1,7 @@
 """BERT's host side (numpy): examples for each task, MLM masking, the default offline fine-tuning
 tasks, and Hugging Face tokenizers with zoo.tokenizer.Tokenizer's methods.
 
-Special ids. A tokenizer trained here reserves the top three ids (`bert.sentinels` = 3):
+Special ids. A tokenizer trained here reserves the top three ids (`FAMILY.reserved_ids` = 3):
 [CLS] = vocab_size - 1, [SEP] = vocab_size - 2, [MASK] = vocab_size - 3 (they decode as
 `<extra_id_0..2>`), and pads with id 0. An `HFTokenizer` uses its own [CLS]/[SEP]/[MASK]/[PAD] (or
 RoBERTa's <s>, </s>, <mask>, <pad>), so converted checkpoints see exactly the ids they were trained on.
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from zoo import corpus
-from zoo.data import DataError
+from zoo.data import DataError, record_text
 
 SPECIAL_NAMES = ("[CLS]", "[SEP]", "[MASK]")
 SHORT_SEQ_PROB = 0.1  # BERT: share of NSP pairs built to a random shorter target length
@@ -88,10 +87,6 @@ def make_examples(records: list[dict[str, str]], run: Any, tokenizer: Any) -> Ro
     return _table([p[:2] for p in pairs], L, sp, labels=labels)
 
 
-def _text(record: dict[str, str]) -> str:
-    return record["text"] if "text" in record else record.get("input", "") + " " + record.get("target", "")
-
-
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n\s*")
 
 
@@ -107,7 +102,7 @@ def split_sentences(text: str) -> list[str]:
 
 def _sentences(records: list[dict[str, str]], tokenizer: Any) -> list[list[list[int]]]:
     """Each document as a list of tokenized sentences (one encode_batch call for all)."""
-    per_doc = [split_sentences(_text(r)) for r in records]
+    per_doc = [split_sentences(record_text(r)) for r in records]
     flat = tokenizer.encode_batch([s for doc in per_doc for s in doc])
     docs, i = [], 0
     for doc in per_doc:
@@ -213,7 +208,7 @@ def classify_records(records: list[dict[str, str]], num_labels: int) -> tuple[li
             labels = [int(r["label"]) for r in records]
         except ValueError:
             raise DataError("classification labels must be integers 0..num_labels-1") from None
-        texts = [_text(r) for r in records]
+        texts = [record_text(r) for r in records]
     else:
         kinds = docstring_kinds()
         chosen = [(r["text"], kinds[r["text"]]) for r in records if "text" in r and r["text"] in kinds]
@@ -258,7 +253,7 @@ def tag_examples(records: list[dict[str, str]], tokenizer: Any, L: int, sp: Spec
     words, tags = [], []
     bounds = [0]
     for r in records:
-        for run, label in literal_runs(_text(r)):
+        for run, label in literal_runs(record_text(r)):
             for w in run.split():
                 words.append(w)
                 tags.append(label)

@@ -9,7 +9,7 @@ and a head tied to the token embedding, applied to the decoder output scaled by 
 v1.1 uses GeGLU (tanh GELU, gated), an untied head and no dropout in pretraining.
 
 Objectives (`Config.objective`): span corruption and prefix LM for pretraining, and `seq2seq` for
-any text-to-text task; their host-side data code lives in `models/t5_tasks.py`. Decoding (greedy,
+any text-to-text task; their host-side data code lives in `models/data.py`. Decoding (greedy,
 sampling, beam search, with cached keys/values) lives in `zoo/seq2seq.py`.
 """
 
@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import t5_tasks
-from models.t5_tasks import (  # noqa: F401 (the family API: data and Hugging Face interchange)
-    HF_MODEL_TYPES, config_from_hf, config_to_hf, make_examples, params_from_hf, params_to_hf, prepare_batch_fn,
-    sample_inputs)
-from zoo import layers, losses, seq2seq
+from models.t5 import data
+from zoo import decode, layers, losses, metrics, stacking
 
 OBJECTIVES = ("span_corruption", "prefix_lm", "seq2seq")
 
@@ -47,7 +44,7 @@ class Config(layers.TransformerConfig):
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     tie_embeddings: bool = True  # v1.0: tied head on d_model**-0.5-scaled outputs; v1.1: untied
-    objective: str = "span_corruption"  # span_corruption | prefix_lm | seq2seq
+    objective: Literal["span_corruption", "prefix_lm", "seq2seq"] = "span_corruption"
     noise_density: float = 0.15  # span corruption: fraction of tokens masked
     mean_noise_span_length: float = 3.0
     target_len: int = 0  # decoder length for prefix_lm / seq2seq; 0: seq_len (span corruption derives it)
@@ -189,7 +186,7 @@ class Encoder(nn.Module):
         positions_S = jnp.arange(x_BSD.shape[1])
         bias_1HSS = relative_bias(_relpos_weights(self, cfg), positions_S, positions_S, True, cfg)
         x_BSD = layers.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
-        blocks = layers.scan_layers(EncoderBlock, cfg, cfg.num_layers)(cfg, deterministic=deterministic, name="layers")
+        blocks = stacking.scan_layers(EncoderBlock, cfg, cfg.num_layers)(cfg, deterministic=deterministic, name="layers")
         x_BSD, _ = blocks(x_BSD, segments_BS, jnp.broadcast_to(positions_S, segments_BS.shape), bias_1HSS)
         x_BSD = layers.Norm(cfg, name="final_norm")(x_BSD)
         return layers.Dropout(cfg.dropout)(x_BSD, deterministic=deterministic)
@@ -222,7 +219,7 @@ class Decoder(nn.Module):
                 index.value = index.value + L
         bias_1HLS = relative_bias(_relpos_weights(self, cfg), q_positions_L, k_positions_S, False, cfg)
         x_BLD = layers.Dropout(cfg.dropout)(x_BLD, deterministic=deterministic)
-        blocks = layers.scan_layers(DecoderBlock, cfg, cfg.decoder_layers, per_layer)(
+        blocks = stacking.scan_layers(DecoderBlock, cfg, cfg.decoder_layers, per_layer)(
             cfg, deterministic=deterministic, decode=decode, name="layers")
         positions_BL = jnp.broadcast_to(q_positions_L, segments_BL.shape)
         x_BLD, _ = blocks(x_BLD, segments_BL, positions_BL, bias_1HLS, encoded_BSD, encoder_segments_BS)
@@ -270,7 +267,7 @@ class Model(nn.Module):
                deterministic: bool = True, decode: bool = False, per_layer: bool = False) -> jax.Array:
         """Logits [B, L, V]; with decode=True, encoded_BSD is needed only on the first call.
 
-        `per_layer` runs the decoder layers as separate modules on params from `layers.split_layers`.
+        `per_layer` runs the decoder layers as separate modules on params from `stacking.split_layers`.
         """
         if decoder_segments is None:
             decoder_segments = jnp.ones_like(decoder_tokens)
@@ -299,24 +296,7 @@ def validate(cfg: Config, seq_len: int) -> None:
         raise ValueError(f"unknown T5 objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
     if cfg.relative_attention_num_buckets < 4 or cfg.relative_attention_max_distance < 2:
         raise ValueError("T5 needs at least 4 relative-attention buckets and a max distance of at least 2")
-    t5_tasks.check_lengths(cfg, seq_len)
-
-
-def sentinels(cfg: Config) -> int:
-    """How many `<extra_id_k>` sentinels the tokenizer reserves (model.num_sentinels)."""
-    return cfg.num_sentinels
-
-
-def decoder_len(cfg: Config, seq_len: int) -> int:
-    """Decoder length of training rows for an encoder length of `seq_len` (see t5_tasks)."""
-    return t5_tasks.decoder_len(cfg, seq_len)
-
-
-def train_defaults() -> dict[str, Any]:
-    """T5 trains with a higher, flat learning rate after warmup (still AdamW) and less weight decay."""
-    from zoo.config import OptimConfig
-
-    return {"optim": OptimConfig(learning_rate=3e-3, warmup_steps=50, min_lr_ratio=0.3, weight_decay=0.01)}
+    data.check_lengths(cfg, seq_len)
 
 
 def init_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -355,13 +335,6 @@ def logits(model: Model, params: Any, input_ids: Any, decoder_input_ids: Any, at
     return model.apply({"params": params}, ids, dec, mask, dec_mask)
 
 
-def num_params(cfg: Config) -> int:
-    """Parameter count from shapes alone."""
-    shapes = jax.eval_shape(lambda: init_params(Model(cfg), jax.random.key(0),
-                                                jax.tree.map(jnp.asarray, init_batch(1, 8))))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes)))
-
-
 def flops_per_token(cfg: Config, seq_len: int) -> float:
     """Training FLOPs per encoder token (the trainer counts batch_size * seq_len tokens a step).
 
@@ -373,34 +346,11 @@ def flops_per_token(cfg: Config, seq_len: int) -> float:
     masked entries counted in full as for GPT. The sum is divided by S.
     """
     D, A = cfg.d_model, cfg.num_heads * cfg.head_size
-    Ne, Nd, S, T = cfg.num_layers, cfg.decoder_layers, seq_len, decoder_len(cfg, seq_len)
+    Ne, Nd, S, T = cfg.num_layers, cfg.decoder_layers, seq_len, data.decoder_len(cfg, seq_len)
     M = cfg.d_model * cfg.d_ff * (3 if cfg.gated_mlp else 2)
     multiply_adds = S * Ne * (4 * D * A + M) + T * Nd * (6 * D * A + M) + S * Nd * 2 * D * A + T * D * cfg.vocab_size
     scores = 12.0 * A * (Ne * S * S + Nd * T * T + Nd * T * S)
     return (6.0 * multiply_adds + scores) / S
-
-
-def generate(model: Model, params: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-             **sampling: Any) -> list[str]:
-    """Target texts for input texts: greedy by default; temperature/top_k/top_p/seed to sample,
-    num_beams/length_penalty for beam search."""
-    inputs = [tokenizer.encode(p) + [tokenizer.eos_id] for p in prompts]
-    out = seq2seq.generate(model, params, inputs, max_new_tokens, eos_id=tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id, **sampling)
-    return [tokenizer.decode([t for t in row if t != tokenizer.eos_id]) for row in out]
-
-
-def evaluate_generation(model: Model, params: Any, tokenizer: Any, records: list[dict[str, str]],
-                        **kwargs: Any) -> dict[str, Any]:
-    """Exact match, BLEU and ROUGE-L of generated targets for input/target records (text records go
-    through the offline "summary line" task); keyword arguments as in `zoo.seq2seq.evaluate_generation`."""
-    return seq2seq.evaluate_generation(model, params, tokenizer, t5_tasks.text_to_text_pairs(records), **kwargs)
-
-
-def sample_prompts(run: Any, records: list[dict[str, str]], tokenizer: Any, count: int) -> list[str]:
-    """Inputs for closing samples that fit the run's objective (sentinel spans, prefixes or task inputs)."""
-    del tokenizer
-    return t5_tasks.sample_inputs(records, run.model.objective, count)
 
 
 def generation_metrics(model: Model, params: Any, tokenizer: Any, records: list[dict[str, str]],
@@ -408,7 +358,8 @@ def generation_metrics(model: Model, params: Any, tokenizer: Any, records: list[
     """Exact match, BLEU and ROUGE-L of generated targets when fine-tuning on a text-to-text task."""
     if run.model.objective != "seq2seq":
         return {}
-    scores = evaluate_generation(model, params, tokenizer, records, max_input_len=run.data.seq_len,
-                                 max_new_tokens=decoder_len(run.model, run.data.seq_len),
-                                 batch_size=run.data.batch_size)
-    return {k: v for k, v in scores.items() if k != "samples"}
+    pairs = data.text_to_text_pairs(records)
+    predictions = decode.generate_text(
+        model, params, tokenizer, [p["input"] for p in pairs], data.decoder_len(run.model, run.data.seq_len),
+        encoder_decoder=True, max_input_len=run.data.seq_len, batch_size=run.data.batch_size)
+    return {**metrics.generation_scores(predictions, [p["target"] for p in pairs]), "generated": len(predictions)}

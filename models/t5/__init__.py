@@ -1,0 +1,23 @@
+"""The T5 family: encoder-decoder transformers for span corruption, prefix LM and any text-to-text task."""
+
+import functools
+
+from models.t5 import data, hf, model
+from zoo import decode
+from zoo.config import OptimConfig
+from zoo.family import Family, HFMapping
+
+FAMILY = Family(
+    name="t5", Config=model.Config, presets=model.PRESETS, Model=model.Model,
+    # a higher, flatter learning rate after warmup than GPT's (still AdamW) and less weight decay
+    train_defaults={"optim": OptimConfig(learning_rate=3e-3, warmup_steps=50, min_lr_ratio=0.3, weight_decay=0.01)},
+    validate=model.validate, reserved_ids=lambda cfg: cfg.num_sentinels, init_batch=model.init_batch,
+    init_params=model.init_params, loss_sums=model.loss_sums, logits=model.logits,
+    flops_per_token=model.flops_per_token, make_examples=data.make_examples,
+    prepare_batch_fn=data.prepare_batch_fn,
+    hf=HFMapping(model_types=hf.HF_MODEL_TYPES, config_from_hf=hf.config_from_hf, config_to_hf=hf.config_to_hf,
+                 params_from_hf=hf.params_from_hf, params_to_hf=hf.params_to_hf),
+    sample_prompts=data.sample_prompts,
+    generate=functools.partial(decode.generate_text, encoder_decoder=True),
+    generation_metrics=model.generation_metrics,
+)

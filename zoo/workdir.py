@@ -1,0 +1,199 @@
+"""The workdir layout, owned here alone: what each file is called, how it is written, how it is read.
+
+    WORKDIR/config.json     the run's Config (all eval.py and zoo.load need to rebuild the run)
+    WORKDIR/tokenizer.model the sentencepiece model every later run and evaluation uses
+    WORKDIR/checkpoints/    Orbax step directories (zoo.checkpoint)
+    WORKDIR/metrics.jsonl   one JSON object per logged step
+    WORKDIR/tensorboard/    TensorBoard event files of the same scalars
+
+Files are written by process 0 only, atomically (a temporary file in the same directory, then
+`os.replace`), so a crash never leaves a half-written config or tokenizer behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+
+import models
+from zoo import config as config_lib
+from zoo.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the workdir's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temporary file in the same directory, then a rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, values: dict[str, Any]) -> None:
+    """Write one JSON object atomically (process 0 only)."""
+    if is_main_process():
+        write_atomic(path, json.dumps(values, indent=2))
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+
+def has_config(workdir: str) -> bool:
+    """Whether a workdir holds a saved run config."""
+    return os.path.isfile(os.path.join(workdir, CONFIG_FILE))
+
+
+def load_config(workdir: str) -> config_lib.Config:
+    """The config saved in a workdir."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise config_lib.ConfigError(f"{workdir} has no {CONFIG_FILE}; is it a zoo workdir?")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise config_lib.ConfigError(f"cannot read {path}: {err}") from None
+    family = models.FAMILIES.get(raw.get("family"))
+    if family is None:
+        raise config_lib.ConfigError(f"{path} names an unknown model family {raw.get('family')!r}")
+    return config_lib.from_dict(raw, family.Config)
+
+
+def save_config(cfg: config_lib.Config, workdir: str) -> None:
+    """Write config.json (process 0 only)."""
+    if is_main_process():
+        write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(cfg))
+
+
+def run_config(workdir: str, preset: str | None, overrides: list[str]) -> config_lib.Config:
+    """The config of a train.py run: the workdir's saved one when resuming, else the preset's; then overrides.
+
+    On resume only the model's runtime switches (`config_lib.RUNTIME_MODEL_FIELDS`: dtype, remat,
+    attention kernel, dropout) may change; fields that shape the params or the data may not.
+    """
+    if not has_config(workdir):
+        return config_lib.apply_overrides(models.run_config(preset or "gpt-tiny"), overrides)
+    saved = load_config(workdir)
+    if preset and preset != saved.preset:
+        raise config_lib.ConfigError(f"{workdir} holds a {saved.preset} run, not {preset}; use another --workdir")
+    cfg = config_lib.apply_overrides(saved, overrides)
+    runtime = {name: getattr(cfg.model, name) for name in config_lib.RUNTIME_MODEL_FIELDS}
+    changed = [f.name for f in dataclasses.fields(cfg.model)
+               if getattr(dataclasses.replace(saved.model, **runtime), f.name) != getattr(cfg.model, f.name)]
+    if changed:
+        raise config_lib.ConfigError(f"model.{changed[0]} cannot change on resume ({workdir} was trained with "
+                                     f"{getattr(saved.model, changed[0])!r}); use another --workdir")
+    return cfg
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+
+
+def saved_tokenizer(workdir: str) -> Tokenizer | None:
+    """The tokenizer saved in a workdir, or None."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    return Tokenizer.from_file(path) if os.path.isfile(path) else None
+
+
+def require_tokenizer(workdir: str) -> Tokenizer:
+    """The tokenizer saved in a workdir, or FileNotFoundError saying it is not a zoo workdir."""
+    tokenizer = saved_tokenizer(workdir)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{workdir} has no {TOKENIZER_FILE}; is it a zoo workdir?")
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, workdir: str) -> None:
+    """Write the workdir's tokenizer (process 0 only)."""
+    if is_main_process():
+        write_atomic(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_bytes())
+
+
+def run_tokenizer(workdir: str | None, texts: Callable[[], Iterable[str]], vocab_size: int, reserved: int,
+                  init_from: str | None = None) -> Tokenizer:
+    """The one tokenizer resolver: the workdir's own; else --init-from's (a fine-tune keeps the pretrained
+    vocabulary); else a sentencepiece model trained on `texts()`. A new one is saved into the workdir."""
+    if workdir:
+        own = saved_tokenizer(workdir)
+        if own is not None:
+            return own
+    tokenizer = require_tokenizer(init_from) if init_from else Tokenizer.train(texts(), vocab_size,
+                                                                               sentinels=reserved)
+    if workdir:
+        save_tokenizer(tokenizer, workdir)
+    return tokenizer
+
+
+# ---- metrics log ----------------------------------------------------------------------------------
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+    Only process 0 writes; other processes get a writer that does nothing.
+    """
+
+    def __init__(self, workdir: str):
+        self.enabled = is_main_process()
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
+            self.tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        """Log `values` for `step`."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop logged steps beyond `step` (after resuming from an earlier checkpoint), and a line
+        left unfinished by a crash mid-write."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a truncated line: the step it logged is logged again after resuming
+                if record["step"] <= step:
+                    kept.append(json.dumps(record) + "\n")
+        write_atomic(self.path, "".join(kept))
+
+    def close(self) -> None:
+        """Flush TensorBoard events."""
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
