@@ -12,7 +12,8 @@ from zoo import cli, experiment, runs, sharding, workdir
 def main(argv: list[str] | None = None) -> int:
     args = cli.eval_parser().parse_args(argv)
     with cli.user_errors():
-        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
+        cli.check_output_path(args.json)
         cfg = cli.with_mesh_flag(workdir.load_config(args.workdir), args.mesh)
         exp = experiment.build(cfg, args.workdir, tokenizer=workdir.require_tokenizer(args.workdir))
         params, step = runs.restore_params(exp, args.step)

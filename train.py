@@ -12,13 +12,14 @@ from zoo import cli, experiment, runs, sharding, trainer, workdir
 def main(argv: list[str] | None = None) -> int:
     args = cli.train_parser().parse_args(argv)
     with cli.user_errors():
-        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+        sharding.init_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         cfg = workdir.run_config(args.workdir, args.model, cli.overrides(args))
-        exp = experiment.build(cfg, args.workdir, init_from=args.init_from)
-        workdir.save_config(exp.config, args.workdir)
-        state, position = runs.restore_or_init(exp, init_from=args.init_from)
-        state = trainer.fit(exp, state, position)
-        runs.report(exp, state.params)
+        with workdir.claim(args.workdir):
+            exp = experiment.build(cfg, args.workdir, init_from=args.init_from)
+            workdir.save_config(exp.config, args.workdir)
+            state, position = runs.restore_or_init(exp, init_from=args.init_from)
+            state = trainer.fit(exp, state, position)
+            runs.report(exp, state.params)
     return 0
 
 

@@ -16,10 +16,11 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from zoo.errors import ZooError
 from zoo.workdir import CHECKPOINT_DIR
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ZooError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

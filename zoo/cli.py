@@ -10,22 +10,20 @@ import sys
 from typing import Iterator
 
 from zoo import config as config_lib
-from zoo.checkpoint import CheckpointError
-from zoo.data import DataError
-
-# Errors that mean "the user asked for something that cannot work": reported in one line, exit 2.
-USER_ERRORS = (config_lib.ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError)
+from zoo.errors import ZooError
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected failures into `error: <one line>` on stderr and exit status 2, with no traceback.
+    """Turn the project's own errors (`ZooError`: the user asked for something that cannot work) into
+    `error: <one line>` on stderr and exit status 2, with no traceback.
 
-    Set ZOO_DEBUG=1 to see the full traceback instead.
+    Any other exception is a bug and keeps its traceback. Set ZOO_DEBUG=1 to see the traceback of a
+    ZooError too.
     """
     try:
         yield
-    except USER_ERRORS as err:
+    except ZooError as err:
         if os.environ.get("ZOO_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -71,6 +69,8 @@ def _distributed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process runs)")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--init-timeout", type=int, default=300, metavar="SECONDS",
+                   help="how long a process waits for all the others to join (multi-process runs)")
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -97,6 +97,19 @@ def overrides(args: argparse.Namespace) -> list[str]:
         mesh = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)}
         out += [f"mesh.{k}={v}" for k, v in mesh.items()]
     return out + list(args.set)
+
+
+def check_output_path(path: str | None) -> None:
+    """Raise ConfigError now, not after the work, if `path` cannot be written as a file."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise config_lib.ConfigError(f"--json {path} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise config_lib.ConfigError(f"--json {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise config_lib.ConfigError(f"--json {path}: the folder {parent} is not writable")
 
 
 def with_mesh_flag(cfg: config_lib.Config, mesh_text: str | None) -> config_lib.Config:

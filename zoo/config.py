@@ -12,11 +12,49 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
+
+from zoo.errors import ZooError
 
 
-class ConfigError(ValueError):
+class ConfigError(ZooError, ValueError):
     """A bad preset, key or value in a configuration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows (`Annotated[int, POSITIVE]`); None leaves a side open-ended."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value > low, else value >= low
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` is in the range."""
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """The range as words, e.g. 'in (0, 1)' or '>= 1'."""
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(x: float | None) -> str:
+    return f"{int(x):,}" if x is not None and float(x).is_integer() else f"{x:g}" if x is not None else ""
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+PROBABILITY = Range(0, 1)  # [0, 1]
+OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+RATE = Range(0, 1, high_open=True)  # [0, 1): dropout, Adam's betas
+SEED = Range(0, 2**31 - 1)  # what jax.random.key and numpy both take
 
 
 # Model fields that change how a run computes, not what it computes with: they may differ between a
@@ -28,16 +66,16 @@ RUNTIME_MODEL_FIELDS = ("dtype", "remat", "attention_impl", "dropout")
 class OptimConfig:
     """AdamW with linear warmup, cosine decay, global-norm clipping and gradient accumulation."""
 
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio at the last step
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
-    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
-    freeze_layers: int = 0  # freeze the embeddings and the lowest k layers (fine-tuning)
+    learning_rate: Annotated[float, POSITIVE] = 1e-3
+    warmup_steps: Annotated[int, NON_NEGATIVE] = 50
+    min_lr_ratio: Annotated[float, PROBABILITY] = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.1
+    b1: Annotated[float, RATE] = 0.9
+    b2: Annotated[float, RATE] = 0.95
+    eps: Annotated[float, POSITIVE] = 1e-8
+    clip_norm: Annotated[float, NON_NEGATIVE] = 1.0  # 0: no clipping
+    grad_accum: Annotated[int, AT_LEAST_ONE] = 1  # micro-batches per step; batch_size must divide by it
+    freeze_layers: Annotated[int, NON_NEGATIVE] = 0  # freeze the embeddings and the lowest k layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,36 +83,36 @@ class DataConfig:
     """Where text comes from and how it becomes batches."""
 
     source: str = "builtin"  # builtin | text:GLOB (.txt/.jsonl) | tfds:NAME
-    batch_size: int = 16  # global batch, in sequences
-    seq_len: int = 128
-    vocab_size: int = 8000  # size of the sentencepiece model trained on first use
-    valid_fraction: float = 0.02  # documents held out when the source has no validation split
+    batch_size: Annotated[int, AT_LEAST_ONE] = 16  # global batch, in sequences
+    seq_len: Annotated[int, AT_LEAST_ONE] = 128
+    vocab_size: Annotated[int, Range(16)] = 8000  # size of the sentencepiece model trained on first use
+    valid_fraction: Annotated[float, OPEN_UNIT] = 0.02  # held out when the source has no validation split
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop length, logging, evaluation and checkpoint cadence."""
 
-    steps: int = 300
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_batches: int = 16
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 3
-    max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
-    sample_tokens: int = 40  # length of the samples printed at the end
-    sample_temperature: float = 0.7  # 0 is greedy (which loops on small models)
-    sample_top_k: int = 40
+    steps: Annotated[int, AT_LEAST_ONE] = 300
+    seed: Annotated[int, SEED] = 0
+    log_every: Annotated[int, AT_LEAST_ONE] = 20
+    eval_every: Annotated[int, NON_NEGATIVE] = 0  # 0: evaluate only at the end
+    eval_batches: Annotated[int, NON_NEGATIVE] = 16  # 0: the whole validation split
+    checkpoint_every: Annotated[int, AT_LEAST_ONE] = 200
+    keep_checkpoints: Annotated[int, AT_LEAST_ONE] = 3  # the latest checkpoints kept, besides the best
+    max_bad_steps: Annotated[int, AT_LEAST_ONE] = 5  # stop after this many consecutive non-finite steps
+    sample_tokens: Annotated[int, NON_NEGATIVE] = 40  # length of the samples printed at the end
+    sample_temperature: Annotated[float, NON_NEGATIVE] = 0.7  # 0 is greedy (which loops on small models)
+    sample_top_k: Annotated[int, NON_NEGATIVE] = 40
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh shape over ('data', 'fsdp', 'tensor'); data=-1 takes the remaining devices."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
+    data: Annotated[int, Range(-1)] = -1
+    fsdp: Annotated[int, AT_LEAST_ONE] = 1
+    tensor: Annotated[int, AT_LEAST_ONE] = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +189,7 @@ def override(obj: Any, key: str, value: Any, _section: str = "") -> Any:
         value = _parse_value(value, kind, full)
     elif not isinstance(value, str):
         value = _check_type(value, kind, full)
+    _check_range(type(obj), head, value, full)
     return dataclasses.replace(obj, **{head: value})
 
 
@@ -179,6 +218,15 @@ def check_fields(obj: Any, prefix: str = "") -> None:
             check_fields(value, key + ".")
         elif field.name in hints and hints[field.name] is not Any:
             _check_type(value, hints[field.name], key)
+            _check_range(type(obj), field.name, value, key)
+
+
+def _check_range(cls: type, name: str, value: Any, key: str) -> None:
+    """Raise ConfigError when a numeric field's value is outside the Range its annotation declares."""
+    hint = typing.get_type_hints(cls, include_extras=True).get(name)
+    for extra in getattr(hint, "__metadata__", ()):
+        if isinstance(extra, Range) and isinstance(value, (int, float)) and not extra.contains(value):
+            raise ConfigError(f"{key} must be {extra.describe()}, got {value!r}")
 
 
 def _is_instance(value: Any, kind: Any) -> bool:

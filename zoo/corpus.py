@@ -26,6 +26,8 @@ import sysconfig
 import warnings
 from collections.abc import Iterator
 
+from zoo.errors import ZooValueError
+
 MIN_DOCSTRING_CHARS = 200
 EXCLUDED_DIRS = frozenset(
     {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo",
@@ -109,7 +111,7 @@ def split_documents(
 ) -> tuple[list[str], list[str]]:
     """Split documents into (train, validation) by a stable hash of each document's text."""
     if not 0.0 < valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
+        raise ZooValueError(f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
     # A document's side depends only on its own text and the seed, so adding or removing other
     # documents never moves it.
     scores = [_hash_fraction(doc, seed) for doc in docs]
@@ -131,6 +133,6 @@ def _hash_fraction(text: str, seed: int) -> float:
 def builtin_split(split: str) -> list[str]:
     """Return the 'train' or 'validation' documents of the embedded corpus."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} of the builtin corpus; use 'train' or 'validation'")
+        raise ZooValueError(f"unknown split {split!r} of the builtin corpus; use 'train' or 'validation'")
     train, valid = split_documents(builtin_documents())
     return train if split == "train" else valid

@@ -23,11 +23,12 @@ import jax
 import numpy as np
 
 from zoo import corpus
+from zoo.errors import ZooError
 
 Examples = dict[str, np.ndarray]
 
 
-class DataError(ValueError):
+class DataError(ZooError, ValueError):
     """Data that cannot be found or read."""
 
 

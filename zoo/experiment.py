@@ -69,10 +69,14 @@ def validate(cfg: config_lib.Config, mesh: Mesh) -> None:
     models.FAMILIES[cfg.family].validate(cfg.model, cfg.data.seq_len)
     shards = sharding.batch_size_per_shard(mesh)
     if cfg.data.batch_size % shards:
-        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by the data-parallel size "
+        raise config_lib.ConfigError(f"batch size {cfg.data.batch_size} is not divisible by the data-parallel size "
                          f"{shards} (data x fsdp); change --batch-size or --mesh")
+    if cfg.optim.freeze_layers > cfg.model.num_layers:
+        raise config_lib.ConfigError(f"optim.freeze_layers {cfg.optim.freeze_layers} is more than the model's "
+                                     f"{cfg.model.num_layers} layers")
     if cfg.data.batch_size % cfg.optim.grad_accum:
-        raise ValueError(f"batch size {cfg.data.batch_size} is not divisible by grad_accum {cfg.optim.grad_accum}")
+        raise config_lib.ConfigError(f"batch size {cfg.data.batch_size} is not divisible by optim.grad_accum "
+                                     f"{cfg.optim.grad_accum}; change --batch-size or optim.grad_accum")
 
 
 def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | str | None = None,
@@ -82,6 +86,8 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
     if mesh is None:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     validate(cfg, mesh)
+    if init_from:
+        workdir_lib.init_from_config(init_from, cfg)
     if tokenizer is None:
         train_texts = lambda: data.record_texts(  # noqa: E731  (read only if a tokenizer must be trained)
             data.load_records(cfg.data.source, "train", cfg.data.valid_fraction, cfg.train.seed))
@@ -96,4 +102,5 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
     schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.steps)
     tx = optim.make_optimizer(cfg.optim, cfg.train.steps, params_shape)
     layout = steps.state_layout(family, model, tx, mesh, cfg.data.batch_size, cfg.data.seq_len)
+    sharding.check_divisible(layout.abstract.params)
     return Experiment(cfg, workdir, family, mesh, tokenizer, model, tx, schedule, layout)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from zoo import kernels
+from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, RATE, ConfigError
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform softmax, not NaN
@@ -35,22 +36,22 @@ NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform softmax
 class TransformerConfig:
     """Fields every family shares; each family's config extends this."""
 
-    num_layers: int = 2
-    d_model: int = 128
-    num_heads: int = 4
-    num_kv_heads: int = 0  # 0: same as num_heads; fewer gives grouped-query attention
-    head_dim: int = 0  # 0: d_model // num_heads
-    d_ff: int = 512
+    num_layers: Annotated[int, AT_LEAST_ONE] = 2
+    d_model: Annotated[int, AT_LEAST_ONE] = 128
+    num_heads: Annotated[int, AT_LEAST_ONE] = 4
+    num_kv_heads: Annotated[int, NON_NEGATIVE] = 0  # 0: same as num_heads; fewer gives grouped-query attention
+    head_dim: Annotated[int, NON_NEGATIVE] = 0  # 0: d_model // num_heads
+    d_ff: Annotated[int, AT_LEAST_ONE] = 512
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = 1e-5
+    norm_eps: Annotated[float, POSITIVE] = 1e-5
     pre_norm: bool = True  # False: post-norm residual blocks as in the original Transformer/BERT
     activation: Literal["gelu_tanh", "gelu", "relu", "silu"] = "gelu_tanh"
     gated_mlp: bool = False  # True: GLU-style MLP (SwiGLU with silu, GeGLU with gelu)
     use_bias: bool = True
     position: Literal["learned", "rope", "relative", "none"] = "learned"
-    rope_theta: float = 10000.0
-    sliding_window: int = 0  # 0: full attention; w: each query sees the last w keys
-    dropout: float = 0.0
+    rope_theta: Annotated[float, POSITIVE] = 10000.0
+    sliding_window: Annotated[int, NON_NEGATIVE] = 0  # 0: full attention; w: each query sees the last w keys
+    dropout: Annotated[float, RATE] = 0.0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype of activations and matmuls
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     # what the backward pass keeps of each layer: projections (every weight projection's output, in
@@ -68,6 +69,17 @@ class TransformerConfig:
     def head_size(self) -> int:
         """Width of one attention head."""
         return self.head_dim or self.d_model // self.num_heads
+
+
+def check_heads(cfg: TransformerConfig) -> None:
+    """Raise ConfigError unless the heads split the width and the key/value heads divide the heads."""
+    if cfg.d_model % cfg.num_heads and not cfg.head_dim:
+        raise ConfigError(f"model.d_model {cfg.d_model} is not divisible by model.num_heads {cfg.num_heads}; "
+                          f"change one or set model.head_dim")
+    if cfg.num_heads % cfg.kv_heads:
+        raise ConfigError(f"model.num_heads {cfg.num_heads} is not a multiple of model.num_kv_heads {cfg.kv_heads}")
+    if cfg.position == "rope" and cfg.head_size % 2:
+        raise ConfigError(f"rotary positions need an even head size, got {cfg.head_size}; set model.head_dim")
 
 
 def compute_dtype(cfg: TransformerConfig) -> jnp.dtype:

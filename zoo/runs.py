@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.traverse_util as traverse
@@ -17,6 +18,10 @@ def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[step
     try:
         if checkpointer.latest_step() is not None:
             state, position, step = checkpointer.restore(exp.layout.abstract)
+            if step > exp.config.train.steps:
+                raise checkpoint.CheckpointError(
+                    f"{exp.workdir} is already at step {step}, past --steps {exp.config.train.steps}; "
+                    f"pass a larger --steps to train on, or run eval.py to evaluate it")
             if jax.process_index() == 0:
                 print(f"resumed from {exp.workdir} step {step}")
             return state, position
@@ -29,12 +34,15 @@ def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[step
 
 
 def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
-    """`fresh` params with every entry that another workdir's latest checkpoint also has (same shape) replaced.
+    """`fresh` params with every entry that another workdir's latest checkpoint also has replaced.
 
     This is how fine-tuning starts from a pretrained run: the shared body is loaded and new heads
-    keep their fresh initialisation.
+    keep their fresh initialisation. The other run must be of the same family, and every parameter
+    both have must have the same shape (CheckpointError naming the first that does not).
     """
-    other_cfg = workdir_lib.load_config(workdir)
+    other_cfg = workdir_lib.init_from_config(workdir, exp.config)
+    # only its params are read: its batch needs no more than to fit this mesh
+    other_cfg = dataclasses.replace(other_cfg, data=exp.config.data, optim=exp.config.optim)
     other = experiment.build(other_cfg, workdir, tokenizer=workdir_lib.require_tokenizer(workdir), mesh=exp.mesh)
     source = checkpoint.Checkpointer(workdir, read_only=True)
     try:
@@ -46,7 +54,10 @@ def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
     used = 0
     for key, value in flat_fresh.items():
         old = flat_loaded.get(key)
-        if old is not None and old.shape == value.shape:
+        if old is not None and old.shape != value.shape:
+            raise checkpoint.CheckpointError(f"--init-from {workdir}: parameter {'/'.join(key)} is {old.shape} there "
+                                             f"but {value.shape} here; the model shapes must match")
+        if old is not None:
             flat_fresh[key] = jax.device_put(old, value.sharding)
             used += 1
     if used == 0:
@@ -80,7 +91,8 @@ def report(exp: Experiment, params: Any, step: int | None = None, samples: int =
     if family.generation_metrics is not None:  # e.g. T5's exact match, BLEU, ROUGE-L
         summary.update(family.generation_metrics(exp.model, params, exp.tokenizer, records, exp.config))
     texts: list[dict[str, str]] = []
-    if samples > 0 and family.generate is not None and family.sample_prompts is not None:
+    if samples > 0 and exp.config.train.sample_tokens > 0 and family.generate is not None \
+            and family.sample_prompts is not None:
         prompts = family.sample_prompts(exp.config, records, exp.tokenizer, samples)
         t = exp.config.train
         outputs = family.generate(exp.model, params, exp.tokenizer, prompts, t.sample_tokens,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zoo.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -31,24 +35,52 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Start JAX's multi-process runtime when asked to (or automatically on a Cloud TPU pod)."""
-    if coordinator:
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
-        jax.distributed.initialize()
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                     timeout_s: int = 300) -> None:
+    """Start JAX's multi-process runtime when asked to (or automatically on a Cloud TPU pod).
+
+    Says which process is waiting for whom, and if the others have not all joined within
+    `timeout_s`, stops with one `error:` line (JAX's own timeout aborts the process with a C++ trace).
+    """
+    if not coordinator:
+        if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
+            jax.distributed.initialize()
+        return
+    if num_processes is None or process_id is None or not 0 <= process_id < num_processes:
+        raise ConfigError("--coordinator needs --num-processes N and --process-id I with 0 <= I < N")
+    if timeout_s < 1:
+        raise ConfigError(f"--init-timeout must be at least 1 second, got {timeout_s}")
+    if process_id == 0:
+        waiting = f"processes 1..{num_processes - 1} to join it" if num_processes > 1 else "nobody"
+        what = f"process 0 of {num_processes}: coordinating at {coordinator}, waiting up to {timeout_s} s for {waiting}"
+        failure = (f"not all {num_processes} processes joined {coordinator} within {timeout_s} s; start processes "
+                   f"1..{num_processes - 1} with --coordinator {coordinator}, or raise --init-timeout")
+    else:
+        what = f"process {process_id} of {num_processes}: waiting up to {timeout_s} s for the coordinator (process 0)"
+        failure = (f"process {process_id} could not join the coordinator (process 0) at {coordinator} within "
+                   f"{timeout_s} s; start it, check the address, or raise --init-timeout")
+    print(what, file=sys.stderr, flush=True)
+    watchdog = threading.Timer(timeout_s, lambda: (print(f"error: {failure}", file=sys.stderr, flush=True),
+                                                   os._exit(2)))
+    watchdog.daemon = True
+    watchdog.start()
+    try:  # JAX's own deadline comes later, so that the watchdog speaks first
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=timeout_s + 30)
+    finally:
+        watchdog.cancel()
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:
     """Resolve a mesh shape (data=-1 takes what is left) and check it covers every device."""
     if min(fsdp, tensor) < 1 or data == 0 or data < -1:
-        raise ValueError(f"mesh sizes must be positive (got data={data}, fsdp={fsdp}, tensor={tensor})")
+        raise ConfigError(f"mesh sizes must be positive (got data={data}, fsdp={fsdp}, tensor={tensor})")
     if data == -1:
         if device_count % (fsdp * tensor):
-            raise ValueError(f"fsdp*tensor={fsdp * tensor} does not divide the {device_count} devices")
+            raise ConfigError(f"fsdp*tensor={fsdp * tensor} does not divide the {device_count} devices")
         data = device_count // (fsdp * tensor)
     if data * fsdp * tensor != device_count:
-        raise ValueError(f"mesh data={data},fsdp={fsdp},tensor={tensor} has {data * fsdp * tensor} "
+        raise ConfigError(f"mesh data={data},fsdp={fsdp},tensor={tensor} has {data * fsdp * tensor} "
                          f"devices but {device_count} are available; make the product {device_count}")
     return data, fsdp, tensor
 
@@ -71,6 +103,18 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for a tree whose leaves may be LogicallyPartitioned (others are replicated)."""
     specs = nn.get_partition_spec(boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def check_divisible(abstract: Any) -> None:
+    """Raise ConfigError naming the first array whose sharded dimension does not split evenly over its mesh axes."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        for dim, (size, axes) in enumerate(zip(leaf.shape, leaf.sharding.spec)):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            ways = math.prod(leaf.sharding.mesh.shape[a] for a in names)
+            if size % ways:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                raise ConfigError(f"parameter {name} has {size} entries on axis {dim}, which do not split "
+                                  f"{ways} ways over mesh axes {'x'.join(names)}; change --mesh or the model's width")
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -25,6 +25,13 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from zoo.errors import ZooValueError
+
+
+class TokenizerError(ZooValueError):
+    """A tokenizer that cannot be trained, read or asked for an id it does not have."""
+
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 # SentencePiece skips training sentences longer than this many bytes; we cut documents below it.
@@ -75,10 +82,10 @@ class Tokenizer:
         if isinstance(texts, str):
             raise TypeError("Tokenizer.train takes an iterable of texts, not one str")
         if sentinels < 0 or vocab_size <= sentinels:
-            raise ValueError(f"need 0 <= sentinels < vocab_size, got {sentinels=} {vocab_size=}")
+            raise TokenizerError(f"need 0 <= sentinels < vocab_size, got {sentinels=} {vocab_size=}")
         sentences = [s for text in texts for s in _training_sentences(text)]
         if not sentences:
-            raise ValueError("cannot train tokenizer: no text given")
+            raise TokenizerError("cannot train tokenizer: no text given")
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -89,7 +96,7 @@ class Tokenizer:
                 **_TRAINER_OPTIONS,
             )
         except RuntimeError as e:
-            raise ValueError(f"cannot train tokenizer: {_one_line(e)}") from None
+            raise TokenizerError(f"cannot train tokenizer: {_one_line(e)}") from None
         model = writer.getvalue()
         trained = _processor(model).vocab_size()
         padding = vocab_size - sentinels - trained
@@ -109,7 +116,7 @@ class Tokenizer:
             with open(path, "rb") as f:
                 model = f.read()
         except OSError as e:
-            raise ValueError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
+            raise TokenizerError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
         return cls(_load(model, extra_ids, f"cannot read tokenizer {path}"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -141,7 +148,7 @@ class Tokenizer:
             return self._sp.decode(pieces)
         except IndexError:
             bad = next(i for i in pieces if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})") from None
+            raise TokenizerError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})") from None
 
     # ---- vocabulary ---------------------------------------------------------------------------
 
@@ -179,7 +186,7 @@ class Tokenizer:
     def sentinel_id(self, k: int) -> int:
         """Id of `<extra_id_k>`: `vocab_size - 1 - k`, as in T5."""
         if not 0 <= k < self._num_sentinels:
-            raise ValueError(f"sentinel {k} out of range: this tokenizer has {self._num_sentinels}")
+            raise TokenizerError(f"sentinel {k} out of range: this tokenizer has {self._num_sentinels}")
         return self.vocab_size - 1 - k
 
     def id_to_piece(self, i: int) -> str:
@@ -238,13 +245,13 @@ def _load(model: bytes, extra_ids: int, what: str) -> spm.SentencePieceProcessor
     try:
         processor = _processor(model)
     except RuntimeError as e:
-        raise ValueError(f"{what}: not a SentencePiece model ({_one_line(e)})") from None
+        raise TokenizerError(f"{what}: not a SentencePiece model ({_one_line(e)})") from None
     if processor.vocab_size() == 0 or processor.unk_id() < 0:
-        raise ValueError(f"{what}: not a SentencePiece model (empty vocabulary)")
+        raise TokenizerError(f"{what}: not a SentencePiece model (empty vocabulary)")
     if extra_ids < 0:
-        raise ValueError(f"{what}: extra_ids must be >= 0, got {extra_ids}")
+        raise TokenizerError(f"{what}: extra_ids must be >= 0, got {extra_ids}")
     if extra_ids and _count_sentinels(processor):
-        raise ValueError(f"{what}: it already has sentinels; load it with extra_ids=0")
+        raise TokenizerError(f"{what}: it already has sentinels; load it with extra_ids=0")
     return _processor(model + _pieces(_sentinel_names(extra_ids), _USER_DEFINED))
 
 
@@ -317,7 +324,7 @@ class HFTokenizer:
         try:
             return cls(Backend.from_file(os.fspath(path)))
         except Exception as err:  # tokenizers raises plain Exception for unreadable files
-            raise ValueError(f"cannot read tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}") from None
+            raise TokenizerError(f"cannot read tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}") from None
 
     @classmethod
     def from_vocab(cls, path: str | os.PathLike[str], lowercase: bool = True) -> HFTokenizer:
@@ -328,7 +335,7 @@ class HFTokenizer:
             with open(path, encoding="utf-8") as f:
                 vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
         except OSError as err:
-            raise ValueError(f"cannot read vocabulary {path}: {err.strerror or err}") from None
+            raise TokenizerError(f"cannot read vocabulary {path}: {err.strerror or err}") from None
         backend = Backend(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                         strip_accents=None, lowercase=lowercase)
@@ -345,7 +352,7 @@ class HFTokenizer:
         try:
             backend = Backend(models.BPE.from_file(os.fspath(vocab_json), os.fspath(merges_txt)))
         except Exception as err:
-            raise ValueError(f"cannot read BPE files {vocab_json}: {err}") from None
+            raise TokenizerError(f"cannot read BPE files {vocab_json}: {err}") from None
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         if "<|endoftext|>" in backend.get_vocab():

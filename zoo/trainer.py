@@ -15,10 +15,11 @@ import jax
 from tqdm.auto import tqdm
 
 from zoo import data, metrics as metrics_lib, steps, throughput, workdir
+from zoo.errors import ZooError
 from zoo.experiment import Experiment
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ZooError, RuntimeError):
     """Training cannot go on (e.g. too many consecutive non-finite steps)."""
 
 

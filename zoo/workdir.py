@@ -5,18 +5,24 @@
     WORKDIR/checkpoints/    Orbax step directories (zoo.checkpoint)
     WORKDIR/metrics.jsonl   one JSON object per logged step
     WORKDIR/tensorboard/    TensorBoard event files of the same scalars
+    WORKDIR/.lock           held (flock) by the run writing the workdir; says its pid and host
 
-Files are written by process 0 only, atomically (a temporary file in the same directory, then
-`os.replace`), so a crash never leaves a half-written config or tokenizer behind.
+Files are written by process 0 only, atomically (a temporary file in the same directory, opened
+without following symlinks, then `os.replace`), so a crash never leaves a half-written config or
+tokenizer behind; a run that fails before its first checkpoint in a workdir it created removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
-from typing import Any, Callable, Iterable
+import shutil
+import socket
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 
@@ -29,6 +35,7 @@ TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
 
 
 def is_main_process() -> bool:
@@ -40,9 +47,52 @@ def write_atomic(path: str, data: str | bytes) -> None:
     """Write a whole file or nothing: a temporary file in the same directory, then a rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def claim(workdir: str) -> Iterator[None]:
+    """Hold the workdir's lock while a run writes it (process 0); a second writer stops with one line.
+
+    If the run fails before its first checkpoint in a workdir that did not exist (or was empty),
+    what it wrote is removed, so the next run does not pick up a half-made tokenizer or config.
+    """
+    if not is_main_process():
+        yield
+        return
+    existed = os.path.isdir(workdir)
+    was_empty = not existed or not os.listdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise config_lib.ConfigError(f"{workdir} is in use by a run ({holder}); wait for it to end "
+                                     f"or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        os.close(fd)  # releases the lock
+        if not finished and was_empty and not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+            _remove_contents(workdir, keep_dir=existed)
+
+
+def _remove_contents(workdir: str, keep_dir: bool) -> None:
+    if not keep_dir:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
 def write_json(path: str, values: dict[str, Any]) -> None:
@@ -102,6 +152,15 @@ def run_config(workdir: str, preset: str | None, overrides: list[str]) -> config
     return cfg
 
 
+def init_from_config(init_from: str, cfg: config_lib.Config) -> config_lib.Config:
+    """The config of an --init-from workdir, or ConfigError unless its model is of `cfg`'s family."""
+    other = load_config(init_from)
+    if other.family != cfg.family:
+        raise config_lib.ConfigError(f"--init-from {init_from} holds a {other.family} model ({other.preset}), "
+                                     f"not {cfg.family}; start from a {cfg.family} workdir")
+    return other
+
+
 # ---- tokenizer ------------------------------------------------------------------------------------
 
 
@@ -112,10 +171,10 @@ def saved_tokenizer(workdir: str) -> Tokenizer | None:
 
 
 def require_tokenizer(workdir: str) -> Tokenizer:
-    """The tokenizer saved in a workdir, or FileNotFoundError saying it is not a zoo workdir."""
+    """The tokenizer saved in a workdir, or ConfigError saying it is not a zoo workdir."""
     tokenizer = saved_tokenizer(workdir)
     if tokenizer is None:
-        raise FileNotFoundError(f"{workdir} has no {TOKENIZER_FILE}; is it a zoo workdir?")
+        raise config_lib.ConfigError(f"{workdir} has no {TOKENIZER_FILE}; is it a zoo workdir?")
     return tokenizer
 
 

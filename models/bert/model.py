@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import flax.linen as nn
 import jax
@@ -37,30 +37,30 @@ import numpy as np
 
 from models.bert import data
 from zoo import layers, losses, metrics, stacking
+from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, RATE, ConfigError
 
-TASKS = ("pretrain", "classify", "tag")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(layers.TransformerConfig):
     """BERT shape and objective: the shared transformer fields plus vocabulary, positions, types and task."""
 
-    num_layers: int = 2
-    d_model: int = 128
-    num_heads: int = 2
-    d_ff: int = 512
-    norm_eps: float = 1e-12
+    num_layers: Annotated[int, AT_LEAST_ONE] = 2
+    d_model: Annotated[int, AT_LEAST_ONE] = 128
+    num_heads: Annotated[int, AT_LEAST_ONE] = 2
+    d_ff: Annotated[int, AT_LEAST_ONE] = 512
+    norm_eps: Annotated[float, POSITIVE] = 1e-12
     pre_norm: bool = False  # post-norm residual blocks, as in BERT
     activation: str = "gelu"  # exact erf GELU, as in BERT
-    dropout: float = 0.1
-    vocab_size: int = 30522
-    max_len: int = 512  # rows of the position table
-    type_vocab_size: int = 2  # segment A/B; 1 for RoBERTa (a single, always-0 type)
-    position_offset: int = 0  # 2 for RoBERTa: positions count non-padding tokens from here
+    dropout: Annotated[float, RATE] = 0.1
+    vocab_size: Annotated[int, AT_LEAST_ONE] = 30522
+    max_len: Annotated[int, AT_LEAST_ONE] = 512  # rows of the position table
+    type_vocab_size: Annotated[int, AT_LEAST_ONE] = 2  # segment A/B; 1 for RoBERTa (a single, always-0 type)
+    position_offset: Annotated[int, NON_NEGATIVE] = 0  # 2 for RoBERTa: positions count non-padding tokens from here
     task: Literal["pretrain", "classify", "tag"] = "pretrain"  # MLM [+ NSP] | per sequence | per token
-    num_labels: int = 2  # classes of the classify / tag heads
+    num_labels: Annotated[int, AT_LEAST_ONE] = 2  # classes of the classify / tag heads
     nsp: bool = True  # pretrain with next-sentence prediction as well (BERT; not RoBERTa)
-    mlm_probability: float = 0.15  # share of non-special tokens predicted in each row
+    mlm_probability: Annotated[float, OPEN_UNIT] = 0.15  # share of non-special tokens predicted in each row
     dynamic_masking: bool = False  # True: new mask each time a row is seen; False: one mask per row
 
 
@@ -193,24 +193,21 @@ class MlmHead(nn.Module):
 
 
 def validate(cfg: Config, seq_len: int) -> None:
-    """Raise ValueError with one line if the config cannot run at `seq_len`."""
-    if cfg.d_model % cfg.num_heads and not cfg.head_dim:
-        raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
-    if cfg.task not in TASKS:
-        raise ValueError(f"model.task must be one of {', '.join(TASKS)}, not {cfg.task!r}")
+    """Raise ConfigError with one line if the config cannot run at `seq_len`."""
+    layers.check_heads(cfg)
     if cfg.position != "learned":
-        raise ValueError(f"BERT uses learned positions, not {cfg.position!r}")
+        raise ConfigError(f"BERT uses learned positions, not {cfg.position!r}")
     if seq_len + cfg.position_offset > cfg.max_len:
-        raise ValueError(f"seq_len {seq_len} (+ position offset {cfg.position_offset}) exceeds the model's "
-                         f"max_len {cfg.max_len}; lower --seq-len or set model.max_len")
+        raise ConfigError(f"seq_len {seq_len} (+ position offset {cfg.position_offset}) exceeds the model's "
+                          f"max_len {cfg.max_len}; lower --seq-len or set model.max_len")
     if seq_len < 8:
-        raise ValueError(f"seq_len {seq_len} is too short for [CLS] ... [SEP] rows; use at least 8")
+        raise ConfigError(f"seq_len {seq_len} is too short for [CLS] ... [SEP] rows; use at least 8")
     if cfg.task in ("classify", "tag") and cfg.num_labels < 2:
-        raise ValueError(f"model.num_labels must be at least 2 for task {cfg.task}, got {cfg.num_labels}")
+        raise ConfigError(f"model.num_labels must be at least 2 for task {cfg.task}, got {cfg.num_labels}")
     if cfg.task == "pretrain" and cfg.nsp and cfg.type_vocab_size < 2:
-        raise ValueError("next-sentence prediction needs model.type_vocab_size >= 2 (segments A and B)")
+        raise ConfigError("next-sentence prediction needs model.type_vocab_size >= 2 (segments A and B)")
     if not 0.0 < cfg.mlm_probability < 1.0:
-        raise ValueError(f"model.mlm_probability must be in (0, 1), got {cfg.mlm_probability}")
+        raise ConfigError(f"model.mlm_probability must be in (0, 1), got {cfg.mlm_probability}")
 
 
 def init_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data import record_text
+from zoo.data import DataError, record_text
 
 
 def make_examples(records: list[dict[str, str]], run: Any, tokenizer: Any) -> dict[str, np.ndarray]:
@@ -27,7 +27,7 @@ def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int) -> dict[str
     width = seq_len + 1
     rows = tokens.size // width
     if rows == 0:
-        raise ValueError(f"the data holds {tokens.size} tokens, fewer than one row of {width}")
+        raise DataError(f"the data holds {tokens.size} tokens, fewer than one row of {width}")
     return {"tokens": tokens[: rows * width].reshape(rows, width),
             "segments": doc_ids[: rows * width].reshape(rows, width)}
 

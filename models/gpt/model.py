@@ -9,7 +9,7 @@ the same code. Host-side data is in `models.gpt.data`, the Hugging Face mapping 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax
@@ -17,14 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import layers, losses, stacking
+from zoo.config import AT_LEAST_ONE, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(layers.TransformerConfig):
     """GPT shape: the shared transformer fields plus vocabulary, context length and head tying."""
 
-    vocab_size: int = 8000
-    max_len: int = 1024
+    vocab_size: Annotated[int, AT_LEAST_ONE] = 8000
+    max_len: Annotated[int, AT_LEAST_ONE] = 1024
     tie_embeddings: bool = True
 
 
@@ -93,16 +94,13 @@ class Model(nn.Module):
 
 
 def validate(cfg: Config, seq_len: int) -> None:
-    """Raise ValueError with one line if the config cannot run at `seq_len`."""
-    if cfg.d_model % cfg.num_heads and not cfg.head_dim:
-        raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
-    if cfg.num_heads % cfg.kv_heads:
-        raise ValueError(f"num_heads {cfg.num_heads} is not a multiple of num_kv_heads {cfg.kv_heads}")
+    """Raise ConfigError with one line if the config cannot run at `seq_len`."""
+    layers.check_heads(cfg)
     if cfg.position not in ("learned", "rope", "none"):
-        raise ValueError(f"GPT supports position learned, rope or none, not {cfg.position!r}")
-    if cfg.position == "learned" and seq_len > cfg.max_len:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's max_len {cfg.max_len}; "
-                         f"lower --seq-len or set model.max_len")
+        raise ConfigError(f"GPT supports model.position learned, rope or none, not {cfg.position!r}")
+    if seq_len > cfg.max_len:  # rope and none too: max_len is the context the model is built for
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's max_len {cfg.max_len}; "
+                          f"lower --seq-len or set model.max_len")
 
 
 def init_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:

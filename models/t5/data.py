@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.data import record_text
+from zoo.config import ConfigError
+from zoo.data import DataError, record_text
 
 SUMMARY_PREFIX = "summarize: "
 MAX_SUMMARY_INPUT_CHARS = 2000  # ~500 tokens: more than any encoder length we train with
@@ -60,21 +61,21 @@ def decoder_len(cfg: Any, seq_len: int) -> int:
 
 
 def check_lengths(cfg: Any, seq_len: int) -> None:
-    """Raise ValueError (one line) if the objective cannot make rows at `seq_len`."""
+    """Raise ConfigError (one line) if the objective cannot make rows at `seq_len`."""
     if seq_len < 4:
-        raise ValueError(f"T5 needs seq_len >= 4, got {seq_len}")
+        raise ConfigError(f"T5 needs seq_len >= 4, got {seq_len}")
     if cfg.target_len and cfg.target_len < 2:
-        raise ValueError(f"model.target_len must be 0 or at least 2 (room for a token and EOS), got {cfg.target_len}")
+        raise ConfigError(f"model.target_len must be 0 or at least 2 (room for a token and EOS), got {cfg.target_len}")
     if cfg.objective == "span_corruption":
         if not 0.0 < cfg.noise_density < 1.0 or cfg.mean_noise_span_length < 1.0:
-            raise ValueError("span corruption needs 0 < model.noise_density < 1 and model.mean_noise_span_length >= 1")
+            raise ConfigError("span corruption needs 0 < model.noise_density < 1 and model.mean_noise_span_length >= 1")
         raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
         _, _, noise, spans = span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)
         if spans > cfg.num_sentinels:
-            raise ValueError(f"seq_len {seq_len} makes {spans} noise spans but the vocabulary reserves "
-                             f"{cfg.num_sentinels} sentinels; raise model.num_sentinels or lower --seq-len")
+            raise ConfigError(f"seq_len {seq_len} makes {spans} noise spans but the vocabulary reserves "
+                              f"{cfg.num_sentinels} sentinels; raise model.num_sentinels or lower --seq-len")
         if raw - noise < spans:
-            raise ValueError("model.noise_density is too high for model.mean_noise_span_length")
+            raise ConfigError("model.noise_density is too high for model.mean_noise_span_length")
 
 
 # ---- span corruption ----------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def chunk_tokens(docs: list[list[int]], length: int) -> np.ndarray:
     stream = np.fromiter((t for d in docs for t in d), dtype=np.int32)
     rows = stream.size // length
     if rows == 0:
-        raise ValueError(f"the data holds {stream.size} tokens, fewer than one row of {length}")
+        raise DataError(f"the data holds {stream.size} tokens, fewer than one row of {length}")
     return stream[: rows * length].reshape(rows, length)
 
 
@@ -143,7 +144,7 @@ def pack_pairs(pairs: list[tuple[list[int], list[int]]], seq_len: int, target_le
         rows[-1].append((inp, tgt))
         used = (used[0] + len(inp), used[1] + len(tgt))
     if not rows:
-        raise ValueError("no input/target pairs to train on")
+        raise DataError("no input/target pairs to train on")
     out = {k: np.zeros((len(rows), n), np.int32) for k, n in (
         ("encoder_inputs", seq_len), ("encoder_segments", seq_len),
         ("decoder_targets", target_len), ("decoder_segments", target_len))}
@@ -204,8 +205,8 @@ def prepare_batch_fn(run: Any, tokenizer: Any) -> Callable[[dict[str, np.ndarray
         raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
         spans = span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)[3]
         if spans > tokenizer.num_sentinels:
-            raise ValueError(f"span corruption needs {spans} sentinels but the tokenizer has "
-                             f"{tokenizer.num_sentinels}; retrain it with more (model.num_sentinels)")
+            raise DataError(f"span corruption needs {spans} sentinels but the tokenizer has "
+                            f"{tokenizer.num_sentinels}; retrain it with more (model.num_sentinels)")
         corrupt = lambda t, rng: span_corruption(t, rng, cfg.noise_density, cfg.mean_noise_span_length,
                                                  tokenizer.vocab_size, tokenizer.eos_id)
     else:
@@ -245,8 +246,8 @@ def text_to_text_pairs(records: list[dict[str, str]]) -> list[dict[str, str]]:
         if pair is not None:
             pairs.append(pair)
     if not pairs:
-        raise ValueError("the data has no input/target pairs (jsonl records with 'input' and 'target' fields, "
-                         "or documents whose first paragraph can serve as a summary)")
+        raise DataError("the data has no input/target pairs (jsonl records with 'input' and 'target' fields, "
+                        "or documents whose first paragraph can serve as a summary)")
     return pairs
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import flax.linen as nn
 import jax
@@ -26,29 +26,27 @@ import numpy as np
 
 from models.t5 import data
 from zoo import decode, layers, losses, metrics, stacking
-
-OBJECTIVES = ("span_corruption", "prefix_lm", "seq2seq")
-
+from zoo.config import AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, ConfigError, Range
 
 @dataclasses.dataclass(frozen=True)
 class Config(layers.TransformerConfig):
     """T5 shape and objective; the shared fields take T5's values by default."""
 
     norm: str = "rmsnorm"
-    norm_eps: float = 1e-6
+    norm_eps: Annotated[float, POSITIVE] = 1e-6
     activation: str = "relu"
     use_bias: bool = False
     position: str = "relative"
-    vocab_size: int = 32128
-    num_decoder_layers: int = 0  # 0: as many as num_layers
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
+    vocab_size: Annotated[int, AT_LEAST_ONE] = 32128
+    num_decoder_layers: Annotated[int, NON_NEGATIVE] = 0  # 0: as many as num_layers
+    relative_attention_num_buckets: Annotated[int, Range(4)] = 32
+    relative_attention_max_distance: Annotated[int, Range(2)] = 128
     tie_embeddings: bool = True  # v1.0: tied head on d_model**-0.5-scaled outputs; v1.1: untied
     objective: Literal["span_corruption", "prefix_lm", "seq2seq"] = "span_corruption"
-    noise_density: float = 0.15  # span corruption: fraction of tokens masked
-    mean_noise_span_length: float = 3.0
-    target_len: int = 0  # decoder length for prefix_lm / seq2seq; 0: seq_len (span corruption derives it)
-    num_sentinels: int = 100  # <extra_id_k> ids reserved at the top of the vocabulary
+    noise_density: Annotated[float, OPEN_UNIT] = 0.15  # span corruption: fraction of tokens masked
+    mean_noise_span_length: Annotated[float, Range(1)] = 3.0
+    target_len: Annotated[int, NON_NEGATIVE] = 0  # decoder length for prefix_lm / seq2seq; 0: seq_len (span corruption derives it)
+    num_sentinels: Annotated[int, NON_NEGATIVE] = 100  # <extra_id_k> ids reserved at the top of the vocabulary
 
     @property
     def decoder_layers(self) -> int:
@@ -285,17 +283,10 @@ class Model(nn.Module):
 
 
 def validate(cfg: Config, seq_len: int) -> None:
-    """Raise ValueError with one line if the config cannot run at `seq_len`."""
-    if cfg.d_model % cfg.num_heads and not cfg.head_dim:
-        raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}; set model.head_dim")
-    if cfg.num_heads % cfg.kv_heads:
-        raise ValueError(f"num_heads {cfg.num_heads} is not a multiple of num_kv_heads {cfg.kv_heads}")
+    """Raise ConfigError with one line if the config cannot run at `seq_len`."""
+    layers.check_heads(cfg)
     if cfg.position != "relative":
-        raise ValueError(f"T5 uses relative position buckets; model.position must be 'relative', not {cfg.position!r}")
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown T5 objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
-    if cfg.relative_attention_num_buckets < 4 or cfg.relative_attention_max_distance < 2:
-        raise ValueError("T5 needs at least 4 relative-attention buckets and a max distance of at least 2")
+        raise ConfigError(f"T5 uses relative position buckets; model.position must be 'relative', not {cfg.position!r}")
     data.check_lengths(cfg, seq_len)
 
 
