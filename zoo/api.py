@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 from typing import Any
@@ -18,7 +19,8 @@ import jax
 import numpy as np
 
 import models
-from zoo import checkpoint, config as config_lib, convert, experiment, optim, runs, sharding, steps, workdir as workdir_lib
+from zoo import checkpoint, config as config_lib, convert, decode, experiment, optim, runs, sharding, steps, workdir as workdir_lib
+from zoo.errors import ZooValueError
 from zoo.family import Family
 from zoo.tokenizer import HFTokenizer, Tokenizer
 
@@ -40,22 +42,45 @@ class ZooModel:
 
     def logits(self, input_ids: Any, *args: Any, **kwargs: Any) -> np.ndarray:
         """Float32 logits for a batch of token ids (family-specific extras: attention_mask, ...)."""
+        self._check_inputs(input_ids, *args, **kwargs)
         return np.asarray(_jitted_logits(self.family, self.module)(self.params, input_ids, *args, **kwargs))
+
+    def _check_inputs(self, *args: Any, **kwargs: Any) -> None:
+        """Raise ZooValueError for arguments the family's logits do not take, or ids that do not fit the model."""
+        signature = inspect.signature(self.family.logits)
+        try:
+            bound = signature.bind(self.module, self.params, *args, **kwargs)
+        except TypeError as e:
+            takes = ", ".join(list(signature.parameters)[2:])
+            raise ZooValueError(f"logits: {e}; the {self.family.name} family takes {takes}") from None
+        cfg = self.config.model
+        for name, value in bound.arguments.items():
+            if name.endswith("input_ids") and value is not None:
+                try:
+                    ids = np.asarray(value)
+                except ValueError:  # ragged rows
+                    raise ZooValueError(f"the rows of {name} differ in length; pad them and pass a mask") from None
+                _check_id_array(name, ids, cfg.vocab_size, _max_positions(cfg))
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 40, **sampling: Any) -> str | list[str]:
         """Continue (GPT) or answer (T5) a prompt; greedy unless temperature/top_k/top_p are given."""
         if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer; load one with zoo.load or zoo.load_hf")
+            raise ZooValueError("this model has no tokenizer; load one with zoo.load or zoo.load_hf")
         if self.family.generate is None:
-            raise ValueError(f"the {self.config.family} family does not generate text")
+            raise ZooValueError(f"the {self.config.family} family does not generate text; use logits")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens, **sampling)
+        if not prompts:
+            raise ZooValueError("no prompts given; pass a string or a non-empty list of strings")
+        context = _max_positions(self.config.model)  # 0 for T5: relative positions have no limit
+        limit = {"max_len": context} if context else {}
+        out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens,
+                                   **sampling, **limit)
         return out[0] if isinstance(prompt, str) else out
 
     def save(self, workdir: str) -> None:
         """Write a zoo workdir (config, tokenizer, step-0 checkpoint with fresh optimizer state)."""
         if os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)):
-            raise ValueError(f"{workdir} already holds checkpoints; choose an empty workdir")
+            raise ZooValueError(f"{workdir} already holds checkpoints; choose an empty workdir")
         workdir_lib.save_config(self.config, workdir)
         if isinstance(self.tokenizer, Tokenizer):
             workdir_lib.save_tokenizer(self.tokenizer, workdir)
@@ -71,6 +96,23 @@ class ZooModel:
         hf = self.family.hf
         hf_config = hf.config_to_hf(self.config.model)
         convert.write_hf_dir(path, hf_config, hf.params_to_hf(jax.device_get(self.params), self.config.model))
+
+
+def _max_positions(cfg: Any) -> int:
+    """Tokens a row may hold: max_len less any position offset (RoBERTa); 0 when unlimited (T5)."""
+    # only the relative-position family (T5) has no max_len field
+    return getattr(cfg, "max_len", 0) - getattr(cfg, "position_offset", 0)
+
+
+def _check_id_array(name: str, ids: np.ndarray, vocab_size: int, max_positions: int) -> None:
+    """ZooValueError unless `ids` is a [batch, length] integer array of in-vocabulary ids that fits the model."""
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ZooValueError(f"{name} must be a [batch, length] array of integer token ids, "
+                            f"got shape {ids.shape} of {ids.dtype}")
+    if max_positions and ids.shape[1] > max_positions:
+        raise ZooValueError(f"{name} has {ids.shape[1]} tokens per row, more than the model's {max_positions} "
+                            f"positions (max_len); shorten the input")
+    decode.check_ids(ids, vocab_size, what=f"{name} row")
 
 
 @functools.cache
@@ -112,7 +154,12 @@ def load_hf(path: str) -> ZooModel:
     """A model from a Hugging Face checkpoint directory (config.json + safetensors or .bin)."""
     hf_config, tensors = convert.read_hf_dir(path)
     family = models.family_for_hf(hf_config.get("model_type"))
-    model_cfg = family.hf.config_from_hf(hf_config)
+    try:
+        model_cfg = family.hf.config_from_hf(hf_config)
+    except KeyError as e:  # every family reads the keys it needs as hf[key]
+        raise convert.ConversionError(f"{os.path.join(path, 'config.json')} has no {e.args[0]!r}, which a "
+                                      f"{hf_config['model_type']} config needs; re-save it with "
+                                      f"save_pretrained") from None
     params = jax.tree.map(jax.numpy.asarray, family.hf.params_from_hf(tensors, model_cfg))
     expected = nn.meta.unbox(steps.abstract_params(family, family.Model(model_cfg), 1, 8))
     _check_tree(params, expected, path)

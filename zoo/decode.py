@@ -19,6 +19,10 @@ one scored the same way if none finished.
 
 One EOS rule everywhere (`cut_at_eos`): a generated row ends after its first EOS, kept in the ids
 and dropped from the text.
+
+Bad arguments (an empty prompt, a token id outside the model's `cfg.vocab_size`, a prompt that does
+not fit the context, temperature < 0, top_p outside (0, 1], ...) raise a one-line ZooValueError
+before anything is compiled, never NaN or empty output.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import stacking
+from zoo.errors import ZooValueError
 
 PAD_MULTIPLE = 16
 START_ID = 0
@@ -69,7 +74,7 @@ def _filtered_sample(logits_BV: jax.Array, rng: jax.Array, temperature: jax.Arra
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokens, segments (0 = padding) and positions of left-padded prompts."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise ZooValueError("every prompt needs at least one token")
     width = max(len(p) for p in prompts)
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     segments = np.zeros_like(tokens)
@@ -118,7 +123,7 @@ def _generate_causal(model: nn.Module, params: Any, tokens_BP: jax.Array, segmen
 def right_pad(inputs: list[list[int]], pad_id: int, multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and segments (0 = padding) of right-padded encoder inputs."""
     if not inputs or any(len(x) == 0 for x in inputs):
-        raise ValueError("every input needs at least one token")
+        raise ZooValueError("every input needs at least one token")
     width = -(-max(len(x) for x in inputs) // multiple) * multiple
     tokens = np.full((len(inputs), width), pad_id, np.int32)
     segments = np.zeros_like(tokens)
@@ -247,18 +252,59 @@ def cut_at_eos(rows: list[list[int]], eos_id: int | None) -> list[list[int]]:
     return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
 
 
-def _check_lengths(max_new_tokens: int, num_beams: int = 1) -> None:
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
-    if num_beams < 1:
-        raise ValueError("num_beams must be at least 1")
+def check_sampling(max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   num_beams: int = 1) -> None:
+    """Raise ZooValueError (one line) for a length or sampling argument that cannot work."""
+    # written as `not ok` so that NaN fails too
+    if not max_new_tokens >= 1:
+        raise ZooValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not num_beams >= 1:
+        raise ZooValueError(f"num_beams must be at least 1 (1: no beam search), got {num_beams}")
+    if not temperature >= 0:
+        raise ZooValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not top_k >= 0:
+        raise ZooValueError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ZooValueError(f"top_p must be in (0, 1] (1: no nucleus filter), got {top_p}")
+
+
+def check_ids(rows: Any, vocab_size: int, what: str = "prompt") -> None:
+    """Raise ZooValueError if there are no rows, a row is empty, or an id is outside [0, vocab_size)."""
+    if len(rows) == 0:
+        raise ZooValueError(f"no {what}s given; pass at least one")
+    for i, row in enumerate(rows):
+        ids = np.asarray(row).reshape(-1)
+        if ids.size == 0:
+            raise ZooValueError(f"{what} {i} has no tokens; give every {what} at least one token")
+        bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+        if bad.size:
+            j = int(bad[0])
+            raise ZooValueError(f"{what} {i} holds token id {ids[j]} at position {j}, outside the model's "
+                                f"vocabulary [0, {vocab_size}); use the model's own tokenizer or ids below "
+                                f"{vocab_size}")
+
+
+def _check_context(prompts: list[list[int]], max_new_tokens: int, max_len: int) -> None:
+    """Raise ZooValueError if the longest prompt plus max_new_tokens needs more than max_len positions."""
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    n = len(prompts[longest])
+    if n + max_new_tokens > max_len:
+        raise ZooValueError(f"prompt {longest} has {n} tokens; with max_new_tokens {max_new_tokens} that is "
+                            f"{n + max_new_tokens} positions, more than the model's max_len {max_len}; "
+                            f"shorten the prompt or lower max_new_tokens")
 
 
 def generate_causal(model: nn.Module, params: Any, prompts: list[list[int]], max_new_tokens: int, *,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                    eos_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
-    """New token ids for each prompt (cut after the first `eos_id`), from a decoder-only model."""
-    _check_lengths(max_new_tokens)
+                    eos_id: int | None = None, pad_id: int = 0, max_len: int = 0) -> list[list[int]]:
+    """New token ids for each prompt (cut after the first `eos_id`), from a decoder-only model.
+
+    `max_len` > 0 is the model's context: a prompt that cannot grow by max_new_tokens within it is an error.
+    """
+    check_sampling(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    check_ids(prompts, model.cfg.vocab_size)
+    if max_len:
+        _check_context(prompts, max_new_tokens, max_len)
     tokens, segments, positions = left_pad(prompts, pad_id)
     out = _generate_causal(model, params, tokens, segments, positions, jax.random.key(seed),
                            jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), max_new_tokens)
@@ -271,10 +317,11 @@ def generate_seq2seq(model: nn.Module, params: Any, inputs: list[list[int]], max
                      pad_id: int = 0) -> list[list[int]]:
     """Generated ids for each encoder input (cut after the first `eos_id`): beam search when
     num_beams > 1, else greedy (temperature 0) or sampling."""
-    _check_lengths(max_new_tokens, num_beams)
+    check_sampling(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    check_ids(inputs, model.cfg.vocab_size, what="input")
     if num_beams > 1:
         if temperature > 0:
-            raise ValueError("beam search is deterministic; do not combine num_beams > 1 with temperature")
+            raise ZooValueError("beam search is deterministic; do not combine num_beams > 1 with temperature")
         return beam_search(model, params, inputs, max_new_tokens, num_beams, length_penalty=length_penalty,
                            eos_id=eos_id, pad_id=pad_id)[0]
     tokens, segments = right_pad(inputs, pad_id)
@@ -287,32 +334,70 @@ def beam_search(model: nn.Module, params: Any, inputs: list[list[int]], max_new_
                 length_penalty: float = 1.0, eos_id: int | None = None,
                 pad_id: int = 0) -> tuple[list[list[int]], np.ndarray]:
     """Beam search for any num_beams (1 included): (ids cut after EOS, each hypothesis' score)."""
-    _check_lengths(max_new_tokens, num_beams)
+    check_sampling(max_new_tokens, num_beams=num_beams)
+    check_ids(inputs, model.cfg.vocab_size, what="input")
     tokens, segments = right_pad(inputs, pad_id)
     out, scores = _beam_search(model, params, tokens, segments, jnp.float32(length_penalty),
                                jnp.int32(-1 if eos_id is None else eos_id), max_new_tokens, num_beams)
     return cut_at_eos(np.asarray(out).tolist(), eos_id), np.asarray(scores)
 
 
+_SAMPLING_ARGS = ("temperature", "top_k", "top_p", "seed")
+_BEAM_ARGS = ("num_beams", "length_penalty")
+
+
+def _check_text_args(prompts: Any, max_new_tokens: int, encoder_decoder: bool, max_input_len: int,
+                     batch_size: int, sampling: dict[str, Any]) -> None:
+    """Raise ZooValueError for no prompts, a prompt that is not text, or a bad length or sampling argument."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ZooValueError("prompts must be a list of strings")
+    if len(prompts) == 0:
+        raise ZooValueError("no prompts given; pass at least one")
+    if max_input_len < 0 or batch_size < 0:
+        raise ZooValueError(f"max_input_len and batch_size must be >= 0 (0: no limit), "
+                            f"got {max_input_len} and {batch_size}")
+    known = _SAMPLING_ARGS + (_BEAM_ARGS if encoder_decoder else ())
+    unknown = sorted(set(sampling) - set(known))
+    if unknown:
+        raise ZooValueError(f"unknown generation argument {unknown[0]!r}; use {', '.join(known)}")
+    check_sampling(max_new_tokens, **{k: v for k, v in sampling.items() if k not in ("seed", "length_penalty")})
+
+
+def _encoder_inputs(ids: list[list[int]], prompts: list[str], eos: int, max_input_len: int) -> list[list[int]]:
+    """Encoder inputs ending in EOS, cut to max_input_len tokens; a prompt with no tokens is an error."""
+    for i, x in enumerate(ids):
+        if not x:
+            raise ZooValueError(f"prompt {i} ({prompts[i]!r}) tokenizes to nothing; "
+                                f"an encoder-decoder needs some input text")
+    return [x[: max_input_len - 1] + [eos] if max_input_len else x + [eos] for x in ids]
+
+
 def generate_text(model: nn.Module, params: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, *,
-                  encoder_decoder: bool, max_input_len: int = 0, batch_size: int = 0,
+                  encoder_decoder: bool, max_input_len: int = 0, batch_size: int = 0, max_len: int = 0,
                   **sampling: Any) -> list[str]:
     """Continuations (decoder-only) or answers (encoder-decoder) of text prompts, `batch_size` at a time.
 
     Encoder inputs end in EOS and are cut to `max_input_len` tokens (0: no limit); an empty causal
     prompt starts from EOS. Greedy unless `sampling` says otherwise (temperature, top_k, top_p,
-    seed; num_beams and length_penalty for encoder-decoders).
+    seed; num_beams and length_penalty for encoder-decoders). `max_len` > 0 is a decoder-only
+    model's context, which prompt + max_new_tokens must fit (encoder-decoders have none).
     """
+    _check_text_args(prompts, max_new_tokens, encoder_decoder, max_input_len, batch_size, sampling)
     eos = tokenizer.eos_id
+    if not encoder_decoder:
+        sampling["max_len"] = max_len
     run = functools.partial(generate_seq2seq if encoder_decoder else generate_causal, model, params,
                             max_new_tokens=max_new_tokens, eos_id=eos, pad_id=tokenizer.pad_id, **sampling)
     ids = tokenizer.encode_batch(list(prompts))
     if encoder_decoder:
-        ids = [x[: max_input_len - 1] + [eos] if max_input_len else x + [eos] for x in ids]
+        ids = _encoder_inputs(ids, list(prompts), eos, max_input_len)
     else:
         ids = [x[-max_input_len:] if max_input_len else x for x in ids]
         ids = [x or [eos] for x in ids]
-    size = batch_size or len(ids) or 1
+    check_ids(ids, model.cfg.vocab_size)  # here too, so that messages count prompts across batches
+    if max_len and not encoder_decoder:
+        _check_context(ids, max_new_tokens, max_len)
+    size = batch_size or len(ids)
     texts: list[str] = []
     for start in range(0, len(ids), size):
         texts += [tokenizer.decode([t for t in row if t != eos]) for row in run(ids[start:start + size])]

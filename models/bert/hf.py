@@ -22,12 +22,12 @@ def config_from_hf(hf: dict[str, Any]) -> Config:
     """Our Config from a Hugging Face BERT or RoBERTa config.json dict."""
     model_type = hf.get("model_type", "bert")
     if model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"not a BERT/RoBERTa config: model_type {model_type!r}")
+        raise ConversionError(f"not a BERT/RoBERTa config: model_type {model_type!r}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"only absolute position embeddings are supported, not {hf['position_embedding_type']!r}")
+        raise ConversionError(f"only absolute position embeddings are supported, not {hf['position_embedding_type']!r}")
     act = hf.get("hidden_act", "gelu")
     if act not in _HF_ACTIVATIONS:
-        raise ValueError(f"hidden_act {act!r} is not supported; use one of {', '.join(_HF_ACTIVATIONS)}")
+        raise ConversionError(f"hidden_act {act!r} is not supported; use one of {', '.join(_HF_ACTIVATIONS)}")
     archs = hf.get("architectures") or []
     task = "pretrain"
     if any(a.endswith("ForSequenceClassification") for a in archs):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from models.gpt.model import Config, modern_config
-from zoo.convert import take
+from zoo.convert import ConversionError, take
 
 HF_MODEL_TYPES = ("gpt2", "llama")
 
@@ -21,12 +21,13 @@ def config_from_hf(hf: dict) -> Config:
     """Our config for a Hugging Face GPT-2 or Llama config.json."""
     if hf["model_type"] == "gpt2":
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"GPT-2 activation {hf['activation_function']!r} is not supported")
+            raise ConversionError(f"GPT-2 activation {hf['activation_function']!r} is not supported; "
+                                  f"zoo converts gelu_new and gelu_pytorch_tanh")
         return Config(num_layers=hf["n_layer"], d_model=hf["n_embd"], num_heads=hf["n_head"],
                       d_ff=hf.get("n_inner") or 4 * hf["n_embd"], vocab_size=hf["vocab_size"],
                       max_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5))
     if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("rope_scaling"):
-        raise ValueError("only plain Llama (silu, no attention bias, no rope scaling) converts")
+        raise ConversionError("only plain Llama (silu, no attention bias, no rope scaling) converts")
     heads = hf["num_attention_heads"]
     return modern_config(hf["num_hidden_layers"], hf["hidden_size"], heads, hf.get("num_key_value_heads") or heads,
                    hf["intermediate_size"], vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
@@ -46,7 +47,7 @@ def config_to_hf(cfg: Config) -> dict:
                 "n_positions": cfg.max_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True}
     if cfg.position != "rope" or cfg.norm != "rmsnorm" or not cfg.gated_mlp or cfg.use_bias or cfg.sliding_window:
-        raise ValueError("this GPT variant has no Hugging Face equivalent (GPT-2 or Llama layout)")
+        raise ConversionError("this GPT variant has no Hugging Face equivalent (GPT-2 or Llama layout)")
     return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": cfg.num_layers,
             "hidden_size": cfg.d_model, "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads,
             "head_dim": cfg.head_size, "intermediate_size": cfg.d_ff, "vocab_size": cfg.vocab_size,

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from models.t5.model import Config
-from zoo.convert import take
+from zoo.convert import ConversionError, take
 
 HF_MODEL_TYPES = ("t5",)
 
@@ -26,7 +26,7 @@ def config_from_hf(hf: dict) -> Config:
     gated = proj.startswith("gated-")
     act = "gelu_new" if proj == "gated-gelu" else proj.split("-")[-1]
     if act not in _HF_ACTIVATIONS:
-        raise ValueError(f"T5 feed_forward_proj {proj!r} is not supported")
+        raise ConversionError(f"T5 feed_forward_proj {proj!r} is not supported")
     return Config(num_layers=hf["num_layers"], num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
                   d_model=hf["d_model"], num_heads=hf["num_heads"], head_dim=hf["d_kv"], d_ff=hf["d_ff"],
                   vocab_size=hf["vocab_size"], norm_eps=hf.get("layer_norm_epsilon", 1e-6),
@@ -39,13 +39,13 @@ def config_from_hf(hf: dict) -> Config:
 def config_to_hf(cfg: Any) -> dict:
     """A Hugging Face T5 config.json for our config."""
     if cfg.norm != "rmsnorm" or cfg.use_bias or not cfg.pre_norm or cfg.kv_heads != cfg.num_heads:
-        raise ValueError("only T5's own layout (RMS norm, pre-norm, no biases, no GQA) converts to Hugging Face")
+        raise ConversionError("only T5's own layout (RMS norm, pre-norm, no biases, no GQA) converts to Hugging Face")
     if cfg.gated_mlp:
         proj = {"gelu_tanh": "gated-gelu", "silu": "gated-silu", "relu": "gated-relu"}.get(cfg.activation)
     else:
         proj = {"gelu_tanh": "gelu_new", "relu": "relu", "gelu": "gelu", "silu": "silu"}.get(cfg.activation)
     if proj is None:
-        raise ValueError(f"activation {cfg.activation!r} (gated={cfg.gated_mlp}) has no Hugging Face T5 name")
+        raise ConversionError(f"activation {cfg.activation!r} (gated={cfg.gated_mlp}) has no Hugging Face T5 name")
     return {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": cfg.d_model,
             "d_kv": cfg.head_size, "d_ff": cfg.d_ff, "num_layers": cfg.num_layers,
             "num_decoder_layers": cfg.decoder_layers, "num_heads": cfg.num_heads, "vocab_size": cfg.vocab_size,
