@@ -72,10 +72,10 @@ def test_generate_past_the_context_is_an_error(kind):
         m.generate([PROMPT, _words(40)], max_new_tokens=1)
     with one_line_error("prompt 1 has 30 tokens"):  # batches count prompts across the whole list
         m.generate([PROMPT, _words(30)], max_new_tokens=5, batch_size=1)
-    with one_line_error("max_len 32"):  # the id-level function, given the context
-        decode.generate_causal(m.module, m.params, [[5] * 30], 5, max_len=32)
+    with one_line_error("max_len 32"):  # the id-level function reads the context from the model
+        decode.generate_causal(m.module, m.params, [[5] * 30], 5)
     if kind == "learned":  # a prompt that exactly fills the context still works
-        assert len(decode.generate_causal(m.module, m.params, [[5] * 29], NEW, max_len=32)[0]) == NEW
+        assert len(decode.generate_causal(m.module, m.params, [[5] * 29], NEW)[0]) == NEW
 
 
 def test_out_of_vocabulary_ids_are_an_error(gpt, t5):

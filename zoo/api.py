@@ -71,10 +71,7 @@ class ZooModel:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ZooValueError("no prompts given; pass a string or a non-empty list of strings")
-        context = _max_positions(self.config.model)  # 0 for T5: relative positions have no limit
-        limit = {"max_len": context} if context else {}
-        out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens,
-                                   **sampling, **limit)
+        out = self.family.generate(self.module, self.params, self.tokenizer, prompts, max_new_tokens, **sampling)
         return out[0] if isinstance(prompt, str) else out
 
     def save(self, workdir: str) -> None:

@@ -296,15 +296,14 @@ def _check_context(prompts: list[list[int]], max_new_tokens: int, max_len: int) 
 
 def generate_causal(model: nn.Module, params: Any, prompts: list[list[int]], max_new_tokens: int, *,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                    eos_id: int | None = None, pad_id: int = 0, max_len: int = 0) -> list[list[int]]:
+                    eos_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
     """New token ids for each prompt (cut after the first `eos_id`), from a decoder-only model.
 
-    `max_len` > 0 is the model's context: a prompt that cannot grow by max_new_tokens within it is an error.
+    A prompt that cannot grow by max_new_tokens within the model's context (`cfg.max_len`) is an error.
     """
     check_sampling(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     check_ids(prompts, model.cfg.vocab_size)
-    if max_len:
-        _check_context(prompts, max_new_tokens, max_len)
+    _check_context(prompts, max_new_tokens, model.cfg.max_len)
     tokens, segments, positions = left_pad(prompts, pad_id)
     out = _generate_causal(model, params, tokens, segments, positions, jax.random.key(seed),
                            jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), max_new_tokens)
@@ -373,19 +372,17 @@ def _encoder_inputs(ids: list[list[int]], prompts: list[str], eos: int, max_inpu
 
 
 def generate_text(model: nn.Module, params: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, *,
-                  encoder_decoder: bool, max_input_len: int = 0, batch_size: int = 0, max_len: int = 0,
+                  encoder_decoder: bool, max_input_len: int = 0, batch_size: int = 0,
                   **sampling: Any) -> list[str]:
     """Continuations (decoder-only) or answers (encoder-decoder) of text prompts, `batch_size` at a time.
 
     Encoder inputs end in EOS and are cut to `max_input_len` tokens (0: no limit); an empty causal
     prompt starts from EOS. Greedy unless `sampling` says otherwise (temperature, top_k, top_p,
-    seed; num_beams and length_penalty for encoder-decoders). `max_len` > 0 is a decoder-only
-    model's context, which prompt + max_new_tokens must fit (encoder-decoders have none).
+    seed; num_beams and length_penalty for encoder-decoders). A decoder-only model's
+    prompt + max_new_tokens must fit its context, `cfg.max_len` (encoder-decoders have none).
     """
     _check_text_args(prompts, max_new_tokens, encoder_decoder, max_input_len, batch_size, sampling)
     eos = tokenizer.eos_id
-    if not encoder_decoder:
-        sampling["max_len"] = max_len
     run = functools.partial(generate_seq2seq if encoder_decoder else generate_causal, model, params,
                             max_new_tokens=max_new_tokens, eos_id=eos, pad_id=tokenizer.pad_id, **sampling)
     ids = tokenizer.encode_batch(list(prompts))
@@ -395,8 +392,8 @@ def generate_text(model: nn.Module, params: Any, tokenizer: Any, prompts: list[s
         ids = [x[-max_input_len:] if max_input_len else x for x in ids]
         ids = [x or [eos] for x in ids]
     check_ids(ids, model.cfg.vocab_size)  # here too, so that messages count prompts across batches
-    if max_len and not encoder_decoder:
-        _check_context(ids, max_new_tokens, max_len)
+    if not encoder_decoder:
+        _check_context(ids, max_new_tokens, model.cfg.max_len)
     size = batch_size or len(ids)
     texts: list[str] = []
     for start in range(0, len(ids), size):
