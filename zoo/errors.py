@@ -11,3 +11,7 @@ class ZooError(Exception):
 
 class ZooValueError(ZooError, ValueError):
     """A bad argument to a zoo function."""
+
+
+class DataError(ZooError, ValueError):
+    """Data that cannot be found or read."""
