@@ -12,7 +12,7 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from zoo.errors import ZooError
 
@@ -82,11 +82,16 @@ class OptimConfig:
 class DataConfig:
     """Where text comes from and how it becomes batches."""
 
-    source: str = "builtin"  # builtin | text:GLOB (.txt/.jsonl) | tfds:NAME
+    source: str = "builtin"  # builtin | text:GLOB (.txt/.jsonl) | arrayrecord:GLOB | tfds:NAME
     batch_size: Annotated[int, AT_LEAST_ONE] = 16  # global batch, in sequences
     seq_len: Annotated[int, AT_LEAST_ONE] = 128
     vocab_size: Annotated[int, Range(16)] = 8000  # size of the sentencepiece model trained on first use
     valid_fraction: Annotated[float, OPEN_UNIT] = 0.02  # held out when the source has no validation split
+    eval_split: str = "validation"  # the split evaluated during and after training (tfds: any split name)
+    workers: Annotated[int, NON_NEGATIVE] = 0  # grain worker processes per host making rows (0: in-process)
+    tokenizer: str = ""  # a trained sentencepiece model to use (python -m zoo.tokenizer); "": train one
+    tokenizer_type: Literal["unigram", "bpe"] = "unigram"  # the model a fresh tokenizer is trained as
+    tokenizer_sample_chars: Annotated[int, AT_LEAST_ONE] = 10_000_000  # text a fresh tokenizer reads at most
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,18 +13,25 @@ Sentinels are appended to the trained model as USER_DEFINED pieces, so `encode` 
 text `<extra_id_k>` to its id and `decode` maps the id back to that text, as in T5. If the corpus
 cannot support the requested size (`hard_vocab_limit=False` lets small corpora train), the gap is
 filled with UNUSED pieces that `encode` never emits, so `vocab_size` is always what was asked for.
+
+`train_on_sample` is what a run trains when it is given no tokenizer: a bounded, seeded sample of a
+source's train split, so the cost does not grow with the data. `python -m zoo.tokenizer` does the same
+once for a pod (see `zoo.tokenizer_cli`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
+import re
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from zoo import sources
 from zoo.errors import ZooValueError
 
 
@@ -33,6 +40,7 @@ class TokenizerError(ZooValueError):
 
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+MODEL_TYPES = ("unigram", "bpe")
 
 # SentencePiece skips training sentences longer than this many bytes; we cut documents below it.
 MAX_SENTENCE_BYTES = 4192
@@ -83,23 +91,14 @@ class Tokenizer:
             raise TypeError("Tokenizer.train takes an iterable of texts, not one str")
         if sentinels < 0 or vocab_size <= sentinels:
             raise TokenizerError(f"need 0 <= sentinels < vocab_size, got {sentinels=} {vocab_size=}")
-        sentences = [s for text in texts for s in _training_sentences(text)]
-        if not sentences:
+        if model_type not in MODEL_TYPES:
+            raise TokenizerError(f"tokenizer type must be one of {', '.join(MODEL_TYPES)}, not {model_type!r}")
+        sentences = (s for text in texts for s in _training_sentences(text))
+        first = next(sentences, None)
+        if first is None:
             raise TokenizerError("cannot train tokenizer: no text given")
-        writer = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(sentences),
-                model_writer=writer,
-                vocab_size=vocab_size - sentinels,
-                model_type=model_type,
-                **_TRAINER_OPTIONS,
-            )
-        except RuntimeError as e:
-            raise TokenizerError(f"cannot train tokenizer: {_one_line(e)}") from None
-        model = writer.getvalue()
-        trained = _processor(model).vocab_size()
-        padding = vocab_size - sentinels - trained
+        model = _train_model(itertools.chain([first], sentences), vocab_size, sentinels, model_type)
+        padding = vocab_size - sentinels - _processor(model).vocab_size()
         extra = _pieces([f"<unused_{i}>" for i in range(padding)], _UNUSED)
         extra += _pieces(_sentinel_names(sentinels), _USER_DEFINED)
         return cls(_processor(model + extra))
@@ -120,11 +119,18 @@ class Tokenizer:
         return cls(_load(model, extra_ids, f"cannot read tokenizer {path}"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the `.model` bytes (sentinels included) to `path`, atomically."""
-        directory = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:
-            f.write(self.to_bytes())
-        os.replace(f.name, path)
+        """Write the `.model` bytes (sentinels included) to `path`, atomically; TokenizerError if it cannot."""
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        try:
+            # 0o644 (less the umask), not tempfile's 0o600: other users and hosts read a shared model.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_bytes())
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise TokenizerError(f"cannot write tokenizer {path}: {e.strerror or e}") from None
 
     def to_bytes(self) -> bytes:
         """Return the serialized SentencePiece model proto (sentinels included)."""
@@ -200,7 +206,54 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, sentinels={self._num_sentinels})"
 
 
+def train_on_sample(
+    spec: str,
+    vocab_size: int,
+    *,
+    model_type: str = "unigram",
+    sentinels: int = 0,
+    sample_chars: int = 10_000_000,
+    valid_fraction: float = 0.02,
+    seed: int = 0,
+) -> Tokenizer:
+    """A tokenizer trained on about `sample_chars` characters of a source's train split, chosen by `seed`.
+
+    The same arguments give the same model bytes, on any host, however large the source is.
+    """
+    source = sources.open_source(spec, "train", valid_fraction, seed)
+    records = sources.sample(source, sample_chars, seed)
+    texts = (text for record in records for text in sources.record_strings(record))
+    return Tokenizer.train(texts, vocab_size, model_type=model_type, sentinels=sentinels)
+
+
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _train_model(sentences: Iterator[str], vocab_size: int, sentinels: int, model_type: str) -> bytes:
+    """The serialized SentencePiece model of `vocab_size - sentinels` pieces trained on `sentences`, read one
+    at a time."""
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences,
+            model_writer=writer,
+            vocab_size=vocab_size - sentinels,
+            model_type=model_type,
+            **_TRAINER_OPTIONS,
+        )
+    except RuntimeError as e:
+        raise TokenizerError(f"cannot train tokenizer: {_training_failure(e, vocab_size, sentinels)}") from None
+    return writer.getvalue()
+
+
+def _training_failure(error: RuntimeError, vocab_size: int, sentinels: int) -> str:
+    """SentencePiece's complaint as one line, in our terms where we know it."""
+    too_small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+    if not too_small:
+        return _one_line(error)
+    needed = int(too_small.group(1))
+    reserved = f" ({needed} for its characters, bytes and specials, {sentinels} reserved)" if sentinels else ""
+    return f"vocab size {vocab_size} is too small: this text needs at least {needed + sentinels}{reserved}"
 
 
 def _training_sentences(text: str, max_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
@@ -410,3 +463,12 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size})"
+
+
+if __name__ == "__main__":
+    import importlib
+    import sys
+
+    # `python -m zoo.tokenizer` runs this file as __main__, so the command line (which imports models,
+    # hence JAX) is loaded only here; a plain import would read as a cycle zoo.tokenizer <-> tokenizer_cli.
+    sys.exit(importlib.import_module("zoo.tokenizer_cli").main())

@@ -22,12 +22,13 @@ import math
 import os
 import shutil
 import socket
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import jax
 
 import models
 from zoo import config as config_lib
+from zoo import tokenizer as tokenizer_lib
 from zoo.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -184,18 +185,35 @@ def save_tokenizer(tokenizer: Tokenizer, workdir: str) -> None:
         write_atomic(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_bytes())
 
 
-def run_tokenizer(workdir: str | None, texts: Callable[[], Iterable[str]], vocab_size: int, reserved: int,
+def run_tokenizer(workdir: str | None, cfg: config_lib.Config, reserved: int,
                   init_from: str | None = None) -> Tokenizer:
     """The one tokenizer resolver: the workdir's own; else --init-from's (a fine-tune keeps the pretrained
-    vocabulary); else a sentencepiece model trained on `texts()`. A new one is saved into the workdir."""
-    if workdir:
-        own = saved_tokenizer(workdir)
-        if own is not None:
-            return own
-    tokenizer = require_tokenizer(init_from) if init_from else Tokenizer.train(texts(), vocab_size,
-                                                                               sentinels=reserved)
+    vocabulary); else the file `data.tokenizer` names; else one trained on a bounded sample of the train
+    split (`data.tokenizer_sample_chars`). A new one is saved into the workdir."""
+    own = saved_tokenizer(workdir) if workdir else None
+    if own is not None:
+        return own
+    if init_from:
+        tokenizer = require_tokenizer(init_from)
+    elif cfg.data.tokenizer:
+        tokenizer = _given_tokenizer(cfg.data.tokenizer, reserved)
+    else:
+        tokenizer = tokenizer_lib.train_on_sample(
+            cfg.data.source, cfg.data.vocab_size, model_type=cfg.data.tokenizer_type, sentinels=reserved,
+            sample_chars=cfg.data.tokenizer_sample_chars, valid_fraction=cfg.data.valid_fraction,
+            seed=cfg.train.seed)
     if workdir:
         save_tokenizer(tokenizer, workdir)
+    return tokenizer
+
+
+def _given_tokenizer(path: str, reserved: int) -> Tokenizer:
+    """The tokenizer of `data.tokenizer`, or ConfigError unless it has the `reserved` sentinels the model needs."""
+    tokenizer = Tokenizer.from_file(path)
+    if tokenizer.num_sentinels < reserved:
+        raise config_lib.ConfigError(
+            f"data.tokenizer {path} has {tokenizer.num_sentinels} sentinels at the top of its vocabulary but this "
+            f"model reserves {reserved}; train it with python -m zoo.tokenizer --sentinels {reserved}")
     return tokenizer
 
 
