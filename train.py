@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         with workdir.claim(args.workdir):
             exp = experiment.build(cfg, args.workdir, init_from=args.init_from)
             workdir.save_config(exp.config, args.workdir)
-            state, position = runs.restore_or_init(exp, init_from=args.init_from)
-            state = trainer.fit(exp, state, position)
+            state, data_state = runs.restore_or_init(exp, init_from=args.init_from)
+            state = trainer.fit(exp, state, data_state)
             runs.report(exp, state.params)
     return 0
 

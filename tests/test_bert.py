@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FakeTokenizer, perturbed, random_params
 from models.bert import FAMILY as BERT, data as bert_tasks, hf as bert_hf, model as bert
-from zoo import metrics, steps
+from zoo import metrics, rows as rows_lib, steps
 from zoo.tokenizer import HFTokenizer
 
 torch = pytest.importorskip("torch")
@@ -186,7 +186,8 @@ def test_masking_rule_and_determinism():
     tokens[np.arange(B), lengths] = sp.sep
     rows = {"tokens": tokens, "token_types": np.zeros_like(tokens), "row": np.arange(B), "labels": np.zeros(B, int)}
     prepare = bert_tasks.prepare_batch_fn(_run(seq_len=L, dynamic_masking=True, nsp=False), tok)
-    batch = prepare(rows, np.random.default_rng(7))
+    gens = lambda seed: [np.random.default_rng([seed, r]) for r in range(B)]  # noqa: E731  (one per row)
+    batch = prepare(rows, gens(7))
     w = batch["weights"].astype(bool)
     n_candidates = lengths - 1
     np.testing.assert_array_equal(w.sum(1), np.clip(np.rint(0.15 * n_candidates), 1, None))
@@ -201,13 +202,13 @@ def test_masking_rule_and_determinism():
     np.testing.assert_array_equal(batch["inputs"][untouched], tokens[untouched])
     np.testing.assert_array_equal(batch["segments"], (tokens != 0).astype(np.int32))
     assert not batch["label_weights"].any()  # no NSP
-    # dynamic: the batch generator decides; static (BERT): the row id decides, whatever the batch
-    again = prepare(rows, np.random.default_rng(7))
+    # dynamic: the row's generator decides; static (BERT): the row id decides, whatever the generators
+    again = prepare(rows, gens(7))
     assert all(np.array_equal(batch[k], again[k]) for k in batch)
-    assert not np.array_equal(prepare(rows, np.random.default_rng(8))["inputs"], batch["inputs"])
+    assert not np.array_equal(prepare(rows, gens(8))["inputs"], batch["inputs"])
     static = bert_tasks.prepare_batch_fn(_run(seq_len=L, dynamic_masking=False), tok)
-    a = static(rows, np.random.default_rng(1))
-    b = static({k: v[::-1] for k, v in rows.items()}, np.random.default_rng(2))
+    a = static(rows, gens(1))
+    b = static({k: v[::-1] for k, v in rows.items()}, gens(2))
     np.testing.assert_array_equal(a["inputs"], b["inputs"][::-1])
 
 
@@ -215,7 +216,9 @@ def test_nsp_pairs_are_real_consecutive_text_half_the_time():
     rng = np.random.default_rng(0)
     docs = [[list(range(100 * d + 10 * s, 100 * d + 10 * s + int(rng.integers(2, 9)))) for s in range(8)]
             for d in range(60)]
-    pairs = bert_tasks.nsp_pairs(docs, 29, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    pairs = [p for d, doc in enumerate(docs)
+             for p in bert_tasks.nsp_pairs(doc, lambda: docs[(d + int(rng.integers(1, len(docs)))) % len(docs)], 29, rng)]
     labels = np.array([label for _, _, label in pairs])
     assert 0.4 < labels.mean() < 0.65  # "random next" is a bit over half: 1-sentence chunks always are
     for a, b, label in pairs:
@@ -227,7 +230,7 @@ def test_nsp_pairs_are_real_consecutive_text_half_the_time():
             assert not same_doc
     tok = FakeTokenizer()
     records = [{"text": "Alpha beta gamma. Delta epsilon! Zeta eta theta?\n\nIota kappa."} for _ in range(3)]
-    rows = bert_tasks.make_examples(records, _run(seq_len=16), tok)
+    rows = rows_lib.stack(rows_lib.rows_of(records, bert_tasks.row_maker(_run(seq_len=16), tok)))
     sp = bert_tasks.special_ids(tok)
     for tokens, types in zip(rows["tokens"], rows["token_types"]):
         seps = np.flatnonzero(tokens == sp.sep)
@@ -241,17 +244,22 @@ def test_default_fine_tuning_tasks():
                                    "Don't tag \"two words\".")
     assert [r for r, label in runs if label] == ["os.path.join()", "shlex.quote", "x.name", "y"]
     tok = FakeTokenizer()
-    rows = bert_tasks.make_examples([{"text": "a ``b c`` d"}], _run("tag", seq_len=8), tok)
-    assert rows["tags"].tolist() == [[-1, 0, 1, 1, 0, -1, -1, -1]]
+    rows = rows_lib.rows_of([{"text": "a ``b c`` d"}], bert_tasks.row_maker(_run("tag", seq_len=8), tok))
+    assert [r["tags"].tolist() for r in rows] == [[-1, 0, 1, 1, 0, -1, -1, -1]]
     kinds = bert_tasks.docstring_kinds()  # labels are the AST owners of real stdlib docstrings
     assert kinds[inspect.cleandoc(json.JSONDecoder.__doc__)] == "class"
     assert kinds[inspect.cleandoc(json.dumps.__doc__)] == "function"
     assert inspect.cleandoc(json.__doc__) not in kinds  # module docstrings are left out
     records = [{"text": inspect.cleandoc(json.dumps.__doc__)}, {"text": "not a docstring"},
                {"text": inspect.cleandoc(json.JSONDecoder.__doc__)}]
-    assert bert_tasks.classify_records(records, 2) == ([records[0]["text"], records[2]["text"]], [0, 1])
+    classify = bert_tasks.row_maker(_run("classify", seq_len=16), tok)
+    rows = rows_lib.rows_of(records, classify)  # the record the default task does not label is skipped
+    assert [int(r["labels"]) for r in rows] == [0, 1]
+    assert rows[0]["tokens"].tolist()[:3] == [tok.sentinel_id(0), *tok.encode(records[0]["text"])[:2]]
     with pytest.raises(ValueError, match="outside"):
-        bert_tasks.classify_records([{"text": "x", "label": "3"}], 2)
+        rows_lib.rows_of([{"text": "x", "label": "3"}], classify)
+    pair = rows_lib.rows_of([{"text": "a b c", "text_pair": "d e", "label": "1"}], classify)[0]
+    assert pair["token_types"].tolist()[:8] == [0, 0, 0, 0, 0, 1, 1, 1]  # [CLS] a b c [SEP] d e [SEP]
 
 
 def test_loss_sums_combine_mlm_and_nsp_as_documented():
@@ -264,7 +272,7 @@ def test_loss_sums_combine_mlm_and_nsp_as_documented():
     tokens[:, 0], tokens[:, 20], tokens[:, 31], tokens[2, 10:] = 63, 62, 62, 0
     rows = {"tokens": tokens, "token_types": (np.arange(32) > 20).astype(np.int32)[None].repeat(4, 0),
             "row": np.arange(4), "labels": np.array([0, 1, 1, 0], np.int32)}
-    batch = bert_tasks.prepare_batch_fn(_run(seq_len=32), tok)(rows, rng)
+    batch = bert_tasks.prepare_batch_fn(_run(seq_len=32), tok)(rows, [np.random.default_rng([0, r]) for r in range(4)])
     sums = jax.jit(lambda p, b: bert.loss_sums(model, p, b, jax.random.key(0), False))(params, batch)
     out = jax.jit(lambda p, b: model.apply({"params": p}, b["inputs"], b["segments"], None, b["token_types"]))(
         params, batch)
@@ -292,6 +300,41 @@ def test_classification_metrics_match_definitions():
     assert metrics.classification_metrics(np.diag([3.0, 4.0, 5.0])) == {"f1": 1.0, "mcc": 1.0}
 
 
+def test_regression_loss_is_mse_and_summed_moments_give_scipys_pearson():
+    stats = pytest.importorskip("scipy.stats")
+    cfg = dataclasses.replace(bert.PRESETS["bert-tiny"], vocab_size=64, max_len=16, task="classify", num_labels=1)
+    bert.validate(cfg, 16)  # one label: a regression head (STS-B)
+    model, params = bert.Model(cfg), random_params(BERT, cfg)
+    rng = np.random.default_rng(0)
+    B, L = 16, 16
+    tokens = rng.integers(3, 64, (B, L)).astype(np.int32)
+    segments = (np.arange(L)[None] < rng.integers(4, L + 1, (B, 1))).astype(np.int32)
+    score_fn = jax.jit(lambda p: bert.logits(model, p, tokens, segments)[:, 0])
+    # A random encoder scores every row nearly alike; rescale the head so scores spread like STS-B's
+    # (mean 2.5, sd 1.3), the range in which float32 moment sums are accurate (see pearson_from_sums).
+    raw = np.asarray(score_fn(params))
+    gain = 1.3 / raw.std()
+    head = params["classifier"]
+    params["classifier"] = {"w": head["w"] * gain, "b": 2.5 - gain * (raw.mean() - head["b"])}
+    scores = np.asarray(score_fn(params))
+    labels = (scores + rng.normal(0.0, 1.0, B)).astype(np.float32)  # correlated, not fully
+    weights = np.ones(B, np.float32)
+    weights[-3:] = 0.0  # the padding rows of a last, partial batch
+    zeros = np.zeros((B, 1), np.int32)
+    batch = {"inputs": tokens, "segments": segments, "token_types": np.zeros_like(tokens), "target_positions": zeros,
+             "targets": zeros, "weights": zeros.astype(np.float32), "labels": labels, "label_weights": weights}
+    step = jax.jit(lambda p, b: bert.loss_sums(model, p, b, jax.random.key(0), False))
+    halves = [jax.device_get(step(params, {k: v[rows] for k, v in batch.items()}))
+              for rows in (slice(0, B // 2), slice(B // 2, B))]
+    totals = {k: float(halves[0][k]) + float(halves[1][k]) for k in halves[0]}  # as evaluation adds batches up
+    kept = weights > 0
+    np.testing.assert_allclose(totals["loss_sum"] / totals["weight_sum"],
+                               np.mean((scores[kept].astype(np.float64) - labels[kept]) ** 2), rtol=1e-5)
+    expected = stats.pearsonr(scores[kept].astype(np.float64), labels[kept].astype(np.float64)).statistic
+    assert 0.5 < expected < 0.99
+    np.testing.assert_allclose(bert.summarize(totals)["pearson"], expected, rtol=1e-5)
+
+
 def test_frozen_layers_and_embeddings_stay_bit_identical():
     from zoo import config, experiment, sharding, steps
 
@@ -304,13 +347,13 @@ def test_frozen_layers_and_embeddings_stay_bit_identical():
     state = exp.init_state()
     before = jax.device_get(state.params)
     step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    rows = bert_tasks.make_examples([{"text": f"w{i} w{i + 1} w{i * 7}", "label": str(i % 2)} for i in range(8)],
-                                    run, exp.tokenizer)
+    records = [{"text": f"w{i} w{i + 1} w{i * 7}", "label": str(i % 2)} for i in range(8)]
+    rows = rows_lib.stack(rows_lib.rows_of(records, bert_tasks.row_maker(run, exp.tokenizer)))
     prepare = bert_tasks.prepare_batch_fn(run, exp.tokenizer)
     from zoo import data
     with steps.on_mesh(exp.mesh):
         for i in range(3):
-            batch = data.to_global(prepare(rows, np.random.default_rng(i)),
+            batch = data.to_global(prepare(rows, [np.random.default_rng([i, r]) for r in range(8)]),
                                    exp.layout.batch_shardings)
             state, metrics = step(state, batch)
     after = jax.device_get(state.params)
@@ -344,10 +387,10 @@ def test_pretrain_eval_and_fine_tune_end_to_end(script, tmp_path):
 
 def test_glue_sst2_from_tfds_goes_through_the_classification_path():
     tfds = pytest.importorskip("tensorflow_datasets")
-    from zoo import data
+    from zoo import sources
 
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        records = data.load_records("tfds:glue/sst2", "validation")
-    rows = bert_tasks.make_examples(records, _run("classify", seq_len=16), FakeTokenizer())
+        records = list(sources.iterate(sources.open_source("tfds:glue/sst2", "validation")))
+    rows = rows_lib.stack(rows_lib.rows_of(records, bert_tasks.row_maker(_run("classify", seq_len=16), FakeTokenizer())))
     assert rows["labels"].tolist() == [int(r["label"]) for r in records]
     assert (rows["tokens"][:, 0] == 63).all()  # [CLS]

@@ -23,7 +23,7 @@ def abstract():
 def test_keeps_the_last_n_and_the_best_by_validation_loss(tmp_path):
     saver = checkpoint.Checkpointer(str(tmp_path), keep=2)
     for step, loss in zip(range(1, 6), [5.0, 1.0, 4.0, 3.0, 2.5]):
-        saver.save(step, state(step), step, valid_loss=loss)
+        saver.save(step, state(step), {"batches": step}, valid_loss=loss)
         saver.wait()
     saver.close()
     assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [2, 4, 5]  # best (2) + last two
@@ -31,7 +31,7 @@ def test_keeps_the_last_n_and_the_best_by_validation_loss(tmp_path):
 
 def test_an_interrupted_save_is_never_taken_as_latest(tmp_path):
     saver = checkpoint.Checkpointer(str(tmp_path))
-    saver.save(1, state(1), 1)
+    saver.save(1, state(1), {"batches": 1})
     saver.close()
     # What a process killed mid-save leaves behind: Orbax's temporary directory, never renamed
     # (simulated by copying a finished step under the temporary name, then truncating a file).
@@ -43,5 +43,5 @@ def test_an_interrupted_save_is_never_taken_as_latest(tmp_path):
     reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
     assert reader.latest_step() == 1
     restored, position, step = reader.restore(abstract())
-    assert (position, step) == (1, 1)
+    assert (position, step) == ({"batches": 1}, 1)
     np.testing.assert_array_equal(restored.params["w"], np.full((4, 3), 1.0))

@@ -12,7 +12,8 @@ import pytest
 
 import models
 from models.gpt import data as gpt_data, model as gpt
-from zoo import config as config_lib, data, optim, workdir as workdir_lib
+from zoo import config as config_lib, data, optim, rows as rows_lib, sources, workdir as workdir_lib
+from zoo.errors import DataError
 
 
 def base():
@@ -124,55 +125,114 @@ def test_one_pass_adamw_equals_optax_clip_then_adamw(freeze_layers):
         assert not np.array_equal(p_ours["layers"]["mlp"]["w_in"][1], params["layers"]["mlp"]["w_in"][1])
 
 
-def rows_table(n=40, width=9):
-    return gpt_data.pack_documents([list(range(3, 3 + (i % 7) + 2)) for i in range(n * 2)], width - 1, eos_id=1)
+def id_split(docs=80, batch_size=8, shuffle=True, local=None, workers=0, seed=3):
+    """A GPT split of documents of 2..8 known ids (read by the benchmark's id tokenizer), rows of 9 tokens."""
+    from zoo.bench.synthetic import IdTokenizer
+    run = dataclasses.replace(base(), data=config_lib.DataConfig(batch_size=batch_size, seq_len=8, workers=workers))
+    records = sources.RecordList([{"text": " ".join(map(str, range(3, 3 + (i % 7) + 2)))} for i in range(docs)])
+    maker = gpt_data.row_maker(run, IdTokenizer(64))
+    return data.Split(records, maker, batch_size, seed, shuffle=shuffle, local=local, workers=workers)
 
 
-def test_batches_are_a_pure_function_of_the_index_and_split_across_processes():
-    table = rows_table()
-    whole = data.Batches(table, 8, gpt_data.prepare_batch, seed=3)
-    halves = [data.Batches(table, 8, gpt_data.prepare_batch, seed=3, local_rows=slice(i * 4, i * 4 + 4))
-              for i in range(2)]
-    for index in (0, 1, 7, 50):  # 50 lies in a later epoch
-        batch = whole.get(index)
-        np.testing.assert_array_equal(batch["inputs"], whole.get(index)["inputs"])
-        joined = np.concatenate([h.get(index)["inputs"] for h in halves])
-        np.testing.assert_array_equal(joined, batch["inputs"])
-    epoch = np.concatenate([whole.row_indices(i) for i in range(whole.batches_per_epoch)])
-    assert len(set(epoch.tolist())) == len(epoch)  # each row at most once per epoch
+def take(batches, n):
+    return [next(batches) for _ in range(n)]
+
+
+def test_batches_do_not_depend_on_which_process_reads_which_rows():
+    whole = take(id_split().batches(), 12)  # 80 documents of ~5 ids: later batches are in later epochs
+    halves = [take(id_split(local=slice(i * 4, i * 4 + 4)).batches(), 12) for i in range(2)]
+    for k, batch in enumerate(whole):
+        for key, value in batch.inputs.items():
+            np.testing.assert_array_equal(np.concatenate([h[k].inputs[key] for h in halves]), value)
+        np.testing.assert_array_equal(np.concatenate([h[k].cursors for h in halves]), batch.cursors)
+    assert not np.array_equal(whole[0].inputs["inputs"], whole[1].inputs["inputs"])
+
+
+def test_resuming_from_a_data_state_continues_with_the_same_batches():
+    split = id_split()
+    run = take(split.batches(), 6)
+    state = data.DataState(3, data.global_cursors(run[2], 8))
+    state = data.DataState.from_json(json.loads(json.dumps(state.to_json())), 8)  # as a checkpoint keeps it
+    for a, b in zip(run[3:], take(split.batches(state), 3)):
+        for key in a.inputs:
+            np.testing.assert_array_equal(a.inputs[key], b.inputs[key])
+    with pytest.raises(DataError, match="batch size 8"):
+        data.DataState.from_json(state.to_json(), 16)
+
+
+def test_worker_processes_make_the_same_batches():
+    alone = take(id_split().batches(), 3)
+    batches = id_split(workers=2).batches()
+    try:
+        with_workers = take(batches, 3)
+    finally:
+        batches.close()
+    for a, b in zip(alone, with_workers):
+        for key in a.inputs:
+            np.testing.assert_array_equal(a.inputs[key], b.inputs[key])
+
+
+def test_packing_keeps_documents_whole_and_in_order_within_a_slot():
+    from zoo.bench.synthetic import IdTokenizer
+    run = dataclasses.replace(base(), data=config_lib.DataConfig(batch_size=1, seq_len=8))
+    records = [{"text": "3 4 5"}, {"text": ""}, {"text": "6 7 8 9 10 11 12"}]
+    rows = rows_lib.rows_of(records, gpt_data.row_maker(run, IdTokenizer(64)))
+    assert [r["tokens"].tolist() for r in rows] == [[3, 4, 5, 1, 6, 7, 8, 9, 10], [11, 12, 1, 0, 0, 0, 0, 0, 0]]
+    assert [r["segments"].tolist() for r in rows] == [[1, 1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 0, 0, 0, 0, 0, 0]]
 
 
 def test_prefetch_yields_the_batches_in_order_and_closing_joins_its_thread():
-    batches = data.Batches(rows_table(), 8, gpt_data.prepare_batch, seed=3)
+    split = id_split()
+    expected = take(split.batches(), 3)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    stream = data.prefetch(batches, 5, {k: sharding for k in batches.get(0)})
-    for index in (5, 6, 7):
-        np.testing.assert_array_equal(np.asarray(next(stream)["inputs"]), batches.get(index)["inputs"])
+    stream = data.prefetch(split.batches(), {k: sharding for k in expected[0].inputs})
+    for want in expected:
+        placed, host = next(stream)
+        np.testing.assert_array_equal(np.asarray(placed["inputs"]), want.inputs["inputs"])
+        np.testing.assert_array_equal(host.cursors, want.cursors)
     assert any(t.name == "zoo-prefetch" for t in threading.enumerate())
     stream.close()
     # a daemon thread caught inside a device transfer at interpreter exit aborts the process
     assert not any(t.name == "zoo-prefetch" for t in threading.enumerate())
 
 
-def test_final_partial_eval_batch_is_padded_with_zero_weight():
-    table = rows_table(n=5)
-    rows = len(table["tokens"])
-    batches = data.Batches(table, 8, gpt_data.prepare_batch, shuffle=False)
-    last = batches.get(batches.batches_per_epoch - 1)
-    real = rows - 8 * (batches.batches_per_epoch - 1)
-    assert last["weights"][real:].sum() == 0 and last["weights"][:real].sum() > 0
+def test_an_evaluation_pass_reads_every_document_once_then_pads_with_zero_weight():
+    split = id_split(docs=13, shuffle=False)
+    batches = split.batches()
+    seen = []
+    while (batch := next(batches)).real.any():
+        seen.append(batch)
+    # a row's tokens are its first input and its targets; padding is id 0, which no document holds
+    rows = np.concatenate([np.concatenate([b.inputs["inputs"][:, :1], b.inputs["targets"]], axis=1)[b.real]
+                           for b in seen])
+    docs = [list(range(3, 3 + (i % 7) + 2)) + [1] for i in range(13)]
+    assert sorted(rows[rows > 0].tolist()) == sorted(t for d in docs for t in d)
+    assert all(float(b.inputs["weights"][~b.real].sum()) == 0 for b in seen)  # padding rows weigh nothing
+    assert not batch.real.any() and batch.inputs["weights"].sum() == 0
 
 
 def test_text_sources(tmp_path):
-    (tmp_path / "a.txt").write_text("first document\nwith two lines")
-    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n\n{"input": "q", "target": "a"}\n')
-    records = data.load_records(f"text:{tmp_path}/*", "train", valid_fraction=0.5) + data.load_records(
-        f"text:{tmp_path}/*", "validation", valid_fraction=0.5)
+    (tmp_path / "a.txt").write_text("first document\nwith two lines\n\n\nsecond one\r\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n\n{"input": "q", "target": "a"}\n{"text": "y", "label": 1}')
+    spec = f"text:{tmp_path}/*"
+    records = [r for split in ("train", "validation") for r in sources.iterate(sources.open_source(spec, split, 0.4))]
     assert sorted(map(json.dumps, records)) == sorted(map(json.dumps, [
-        {"text": "first document\nwith two lines"}, {"text": "x"}, {"input": "q", "target": "a"}]))
+        {"text": "first document\nwith two lines"}, {"text": "second one"}, {"text": "x"},
+        {"input": "q", "target": "a"}, {"text": "y", "label": "1"}]))
     (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
-    with pytest.raises(data.DataError, match="bad.jsonl:1"):
-        data.load_records(f"text:{tmp_path}/bad.jsonl", "train")
+    with pytest.raises(DataError, match="bad.jsonl at byte 0"):
+        sources.open_source(f"text:{tmp_path}/bad.jsonl", "train")
+
+
+def test_text_index_finds_the_same_documents_whatever_the_read_chunk(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paragraphs = [" ".join("w%d" % i for i in rng.integers(0, 99, rng.integers(1, 30))) for _ in range(200)]
+    text = "".join(p.replace(" w1 ", "\nw1 ") + "\n" * int(rng.integers(2, 4)) for p in paragraphs)
+    (tmp_path / "doc.txt").write_text(text)
+    expected = [p.replace(" w1 ", "\nw1 ") for p in paragraphs]
+    for chunk in (7, 64, 1 << 24):
+        monkeypatch.setattr(sources, "_CHUNK", chunk)
+        assert [r["text"] for r in sources.iterate(sources.TextFiles([str(tmp_path / "doc.txt")]))] == expected
 
 
 def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
@@ -196,8 +256,33 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
 
     ZooLocalText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    train = data.load_records("tfds:zoo_local_text", "train")
-    assert sorted(r["text"] for r in train) == sorted(docs[:25])
-    assert len(data.load_records("tfds:zoo_local_text", "validation")) == 5
-    with pytest.raises(data.DataError, match="cannot open TFDS dataset"):
-        data.load_records("tfds:zoo_no_such_dataset", "train")
+    train = sources.open_source("tfds:zoo_local_text", "train")
+    assert sorted(r["text"] for r in sources.iterate(train)) == sorted(docs[:25])
+    assert len(sources.open_source("tfds:zoo_local_text", "validation")) == 5
+
+
+def test_memory_grows_with_the_number_of_records_only_never_with_the_text(tmp_path, monkeypatch):
+    """A pipeline over a source 10x larger holds no more text: only its index grows, a few bytes a record."""
+    import tracemalloc
+
+    from zoo.bench.synthetic import IdTokenizer
+    monkeypatch.setattr(sources, "_CHUNK", 1 << 16)  # the indexer's read buffer, shrunk to the test's scale
+    rng = np.random.default_rng(0)
+    line = lambda: json.dumps({"text": " ".join(map(str, rng.integers(3, 60, 300)))}) + "\n"  # noqa: E731
+    run = dataclasses.replace(base(), data=config_lib.DataConfig(batch_size=8, seq_len=64))
+    maker = gpt_data.row_maker(run, IdTokenizer(64))
+
+    def peak(records):
+        path = tmp_path / f"{records}.jsonl"
+        path.write_text("".join(line() for _ in range(records)))
+        tracemalloc.start()
+        batches = data.Split(sources.open_source(f"text:{path}", "train"), maker, 8, 0, shuffle=True).batches()
+        take(batches, 20)
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used, path.stat().st_size
+
+    (small, small_bytes), (large, large_bytes) = peak(2_000), peak(20_000)
+    assert large_bytes > 9 * small_bytes
+    assert large - small < 64 * 18_000  # the index: byte offsets and the split's record ids
+    assert large < large_bytes / 10  # the text itself is never held

@@ -1,6 +1,7 @@
 """GPT against independent references: Hugging Face PyTorch models, published sizes, and invariants."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 import zoo
 from conftest import perturbed
 from models.gpt import FAMILY as GPT, data as gpt_data, hf as gpt_hf, model as gpt
-from zoo import decode, stacking, steps
+from zoo import decode, rows as rows_lib, stacking, steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -110,8 +111,8 @@ def test_packed_documents_do_not_attend_across_boundaries():
     params = _unbox(params)
     rng = np.random.default_rng(3)
     doc_a, doc_b = rng.integers(3, 64, 7), rng.integers(3, 64, 9)
-    rows = gpt_data.pack_documents([doc_a.tolist(), doc_b.tolist()], seq_len=17, eos_id=1)
-    batch = gpt_data.prepare_batch(rows, rng)
+    row = gpt_data.pack_pieces([np.r_[doc_a, 1], np.r_[doc_b, 1]], width=18)
+    batch = gpt_data.prepare_batch({k: v[None] for k, v in row.items()})
     packed = model.apply({"params": params}, batch["inputs"], batch["segments"], batch["positions"])
     alone = model.apply({"params": params}, jnp.asarray(doc_b[None]))
     start = len(doc_a) + 1
@@ -150,8 +151,11 @@ def test_unrolled_decoding_form_computes_the_same_logits(cfg):
 def test_remat_policies_give_the_same_loss_and_gradients(dtype):
     _, params = _params(TINY)
     params = _unbox(params)
-    batch = {k: jnp.asarray(v) for k, v in gpt_data.prepare_batch(gpt_data.pack_documents(
-        [list(range(3, 40)), list(range(5, 30))], seq_len=16, eos_id=1), None).items()}
+    from zoo.bench.synthetic import IdTokenizer
+    run = types.SimpleNamespace(data=types.SimpleNamespace(seq_len=16))
+    records = [{"text": " ".join(map(str, range(3, 40)))}, {"text": " ".join(map(str, range(5, 30)))}]
+    rows = rows_lib.rows_of(records, gpt_data.row_maker(run, IdTokenizer(64)))
+    batch = {k: jnp.asarray(v) for k, v in gpt_data.prepare_batch(rows_lib.stack(rows)).items()}
 
     def loss_and_grads(remat):
         model = gpt.Model(dataclasses.replace(TINY, remat=remat, dtype=dtype))
@@ -168,8 +172,9 @@ def test_remat_policies_give_the_same_loss_and_gradients(dtype):
 
 def test_sampling_filters():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    draws = lambda **kw: {int(decode.sample_logits(logits, jax.random.key(i), jnp.float32(1.0),
-                                                   jnp.int32(kw.get("k", 0)), jnp.float32(kw.get("p", 1.0)))[0])
+    sample = jax.jit(decode.sample_logits)  # one compile, not 800 op-by-op dispatches
+    draws = lambda **kw: {int(sample(logits, jax.random.key(i), jnp.float32(1.0),  # noqa: E731
+                                     jnp.int32(kw.get("k", 0)), jnp.float32(kw.get("p", 1.0)))[0])
                           for i in range(200)}
     assert draws(k=1) == {0}
     assert draws(k=2) == {0, 1}

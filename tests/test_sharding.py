@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from zoo import checkpoint, data, experiment, sharding, steps
+from zoo import checkpoint, data, experiment, sharding, sources, steps
 from conftest import tiny_run_config
 from zoo.tokenizer import Tokenizer
 
@@ -17,7 +17,7 @@ FAMILY_PRESETS = ["gpt-tiny", "bert-tiny", "t5-tiny"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    texts = [r["text"] for r in data.load_records("builtin", "train")[:300]]
+    texts = [r["text"] for r in sources.head(sources.open_source("builtin", "train"), 300)]
     return Tokenizer.train(texts, 512, sentinels=8)  # reserved top ids: BERT's specials, T5's sentinels
 
 
@@ -27,16 +27,21 @@ def build(cfg, tokenizer, mesh_shape):
 
 
 def records():
-    return data.load_records("builtin", "train")[:200]  # enough for a few batches of any family
+    return sources.RecordList(sources.head(sources.open_source("builtin", "train"), 200))
+
+
+def host_batches(exp, count):
+    """This process's first `count` training batches of `records()` as global arrays."""
+    batches = exp.split("train", records()).batches()
+    return [data.to_global(next(batches).inputs, exp.layout.batch_shardings) for _ in range(count)]
 
 
 def run_steps(exp, count=3):
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batches = exp.batches("train", records())
     state, losses = exp.init_state(), []
     with steps.on_mesh(exp.mesh):
-        for i in range(count):
-            state, m = train_step(state, data.to_global(batches.get(i), exp.layout.batch_shardings))
+        for batch in host_batches(exp, count):
+            state, m = train_step(state, batch)
             losses.append(float(m["loss"]))
     return state, losses
 
@@ -76,7 +81,7 @@ def test_params_and_optimizer_state_are_split_as_the_rules_say(tokenizer):
     assert embedding.sharding.spec == P("tensor", "fsdp")
     # The compiled step keeps that layout: nothing is silently replicated.
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batch = data.to_global(exp.batches("train", records()).get(0), exp.layout.batch_shardings)
+    batch = host_batches(exp, 1)[0]
     with steps.on_mesh(exp.mesh):
         compiled = train_step.lower(state, batch).compile()
     out_state_shardings = compiled.output_shardings[0]
@@ -97,11 +102,11 @@ def test_checkpoint_restores_identically_on_another_mesh(target, tokenizer, tmp_
     source = build(tiny_run_config(), tokenizer, (2, 2, 2))
     state, _ = run_steps(source, 1)
     saver = checkpoint.Checkpointer(workdir)
-    saver.save(1, state, 1)
+    saver.save(1, state, {"batches": 1})
     saver.close()
     other = build(tiny_run_config(), tokenizer, target)
     restored, position, step = checkpoint.Checkpointer(workdir).restore(other.layout.abstract)
-    assert (position, step) == (1, 1)
+    assert (position, step) == ({"batches": 1}, 1)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert a.sharding.mesh.devices.size == int(np.prod(target))
@@ -110,7 +115,7 @@ def test_checkpoint_restores_identically_on_another_mesh(target, tokenizer, tmp_
 def test_restoring_another_models_checkpoint_names_the_parameter(tokenizer, tmp_path):
     exp = build(tiny_run_config(), tokenizer, (1, 1, 1))
     saver = checkpoint.Checkpointer(str(tmp_path))
-    saver.save(0, exp.init_state(), 0)
+    saver.save(0, exp.init_state(), {"batches": 0})
     saver.close()
     wider = build(tiny_run_config(d_ff=256), tokenizer, (1, 1, 1))
     with pytest.raises(checkpoint.CheckpointError, match="mlp"):
@@ -135,10 +140,9 @@ def test_non_finite_step_is_skipped_and_counted(tokenizer):
         **state.params["layers"]["mlp"], "w_in": poisoned}}})
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0)
-    batches = exp.batches("train", records())
     with steps.on_mesh(exp.mesh):
-        for i in range(2):
-            state, m = train_step(state, data.to_global(batches.get(i), exp.layout.batch_shardings))
+        for batch in host_batches(exp, 2):
+            state, m = train_step(state, batch)
     assert int(m["skipped"]) == 1 and int(state.bad_steps) == 2 and int(state.step) == 2
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
         np.testing.assert_array_equal(a, np.asarray(b))  # unchanged, bit for bit (NaN == NaN here)

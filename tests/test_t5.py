@@ -233,7 +233,7 @@ def test_end_to_end_pretrain_eval_and_finetune(script, tmp_path):
 
 
 def test_sharded_forward_matches_one_device():
-    from zoo import config as config_lib, data, experiment, sharding, steps
+    from zoo import config as config_lib, data, experiment, sharding, sources, steps
     from zoo.tokenizer import Tokenizer
 
     texts = [" ".join(np.random.default_rng(i).choice(list("abcdefghij"), 200)) for i in range(40)]
@@ -247,7 +247,8 @@ def test_sharded_forward_matches_one_device():
         mesh = sharding.make_mesh(*shape, devices=jax.devices()[: int(np.prod(shape))])
         exp = experiment.build(cfg, None, tokenizer=tokenizer, mesh=mesh)
         placed = jax.device_put(params, exp.layout.shardings.params)
-        batch = data.to_global(exp.batches("train", [{"text": t} for t in texts]).get(0), exp.layout.batch_shardings)
+        host = next(exp.split("train", sources.RecordList([{"text": t} for t in texts])).batches())
+        batch = data.to_global(host.inputs, exp.layout.batch_shardings)
         with steps.on_mesh(exp.mesh):
             results.append(steps.make_eval_step(exp.family, exp.model, exp.layout, exp.mesh)(placed, batch))
     one, eight = jax.device_get(results)

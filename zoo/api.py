@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 import models
-from zoo import checkpoint, config as config_lib, convert, decode, experiment, optim, runs, sharding, steps, workdir as workdir_lib
+from zoo import (checkpoint, config as config_lib, convert, data, decode, experiment, optim, runs, sharding, steps,
+                 workdir as workdir_lib)
 from zoo.errors import ZooValueError
 from zoo.family import Family
 from zoo.tokenizer import HFTokenizer, Tokenizer
@@ -85,7 +86,7 @@ class ZooModel:
         zero = jax.numpy.zeros((), jax.numpy.int32)
         state = steps.TrainState(step=zero, params=self.params, opt_state=tx.init(self.params), bad_steps=zero)
         saver = checkpoint.Checkpointer(workdir, async_save=False)
-        saver.save(0, state, 0)
+        saver.save(0, state, data.DataState.start(self.config.data.batch_size).to_json())
         saver.close()
 
     def save_hf(self, path: str) -> None:

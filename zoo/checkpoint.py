@@ -53,15 +53,16 @@ class Checkpointer:
         """Every complete checkpoint step, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_position: int, valid_loss: float | None = None) -> None:
-        """Start writing a checkpoint (asynchronously); `valid_loss` ranks it for keep-best."""
+    def save(self, step: int, state: Any, data_position: dict, valid_loss: float | None = None) -> None:
+        """Start writing a checkpoint (asynchronously) with the data position as JSON (`zoo.data.DataState`);
+        `valid_loss` ranks it for keep-best."""
         metrics = None if valid_loss is None else {"valid_loss": float(valid_loss)}
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"batches": int(data_position)})),
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)),
             metrics=metrics, force=True)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, int, int]:
-        """(state, data position, step) of `step` or the latest checkpoint, laid out like `abstract_state`."""
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """(state, data position JSON, step) of `step` or the latest checkpoint, laid out like `abstract_state`."""
         step = self.latest_step() if step is None else step
         if step is None or step not in self.manager.all_steps():
             available = ", ".join(map(str, self.all_steps())) or "none"
@@ -73,7 +74,7 @@ class Checkpointer:
         except Exception as err:  # Orbax raises many types; all mean the same thing to the user
             raise CheckpointError(f"cannot restore step {step} from {self.workdir}: "
                                   f"{_first_line(err)}") from err
-        return restored["state"], int(restored["data"]["batches"]), step
+        return restored["state"], dict(restored["data"]), step
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
         """Only the params of a checkpoint (for --init-from and inference), laid out like `abstract_params`."""

@@ -1,6 +1,6 @@
 """Builds everything a run needs from a Config, the same way for train.py, eval.py, zoo.load and notebooks.
 
-config -> mesh -> tokenizer -> model -> optimizer -> state layout; data batches on demand.
+config -> mesh -> tokenizer -> model -> optimizer -> state layout; data splits on demand.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import optax
 from jax.sharding import Mesh
 
 import models
-from zoo import checkpoint, config as config_lib, data, optim, sharding, steps, workdir as workdir_lib
+from zoo import checkpoint, config as config_lib, data, optim, sharding, sources, steps, workdir as workdir_lib
+from zoo.errors import DataError
 from zoo.family import Family
 from zoo.tokenizer import Tokenizer
 
@@ -35,19 +36,21 @@ class Experiment:
     schedule: optax.Schedule
     layout: steps.StateLayout
 
-    def records(self, split: str) -> list[dict[str, str]]:
-        """Raw records of a split of the configured source."""
+    def source(self, split: str) -> sources.Source:
+        """The records of a split of the configured source, read lazily."""
         d = self.config.data
-        return data.load_records(d.source, split, d.valid_fraction, self.config.train.seed)
+        return sources.open_source(d.source, split, d.valid_fraction, self.config.train.seed)
 
-    def batches(self, split: str, records: list[dict[str, str]] | None = None) -> data.Batches:
-        """Deterministic batches of a split (shuffled for train, in order for validation)."""
+    def split(self, split: str, source: sources.Source | None = None) -> data.Split:
+        """This process's batches of a split (of `source` if given): shuffled and endless for train,
+        in order and once (then padding) otherwise."""
         cfg = self.config
-        records = self.records(split) if records is None else records
-        examples = self.family.make_examples(records, cfg, self.tokenizer)
         rows = sharding.process_rows(next(iter(self.layout.batch_shardings.values())), cfg.data.batch_size)
-        return data.Batches(examples, cfg.data.batch_size, self.family.prepare_batch_fn(cfg, self.tokenizer),
-                            seed=cfg.train.seed, shuffle=split == "train", local_rows=rows)
+        source = self.source(split) if source is None else source
+        if len(source) == 0:
+            raise DataError(f"the {split} split of {cfg.data.source} holds no records")
+        return data.Split(source, self.family.row_maker(cfg, self.tokenizer), cfg.data.batch_size, cfg.train.seed,
+                          shuffle=split == "train", local=rows, workers=cfg.data.workers)
 
     @functools.cached_property
     def eval_step(self) -> Any:
@@ -89,10 +92,7 @@ def build(cfg: config_lib.Config, workdir: str | None, tokenizer: Tokenizer | st
     if init_from:
         workdir_lib.init_from_config(init_from, cfg)
     if tokenizer is None:
-        train_texts = lambda: data.record_texts(  # noqa: E731  (read only if a tokenizer must be trained)
-            data.load_records(cfg.data.source, "train", cfg.data.valid_fraction, cfg.train.seed))
-        tokenizer = workdir_lib.run_tokenizer(workdir, train_texts, cfg.data.vocab_size,
-                                              family.reserved_ids(cfg.model), init_from=init_from)
+        tokenizer = workdir_lib.run_tokenizer(workdir, cfg, family.reserved_ids(cfg.model), init_from=init_from)
     if isinstance(tokenizer, str):
         tokenizer = None
     elif cfg.model.vocab_size != tokenizer.vocab_size:

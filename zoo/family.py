@@ -49,8 +49,7 @@ class Family:
     loss_sums: Callable[..., dict]  # (model, params, batch, dropout_rng, train) -> summed metrics
     logits: Callable[..., Any]  # (model, params, ids, ...) -> float32 logits, as Hugging Face computes them
     flops_per_token: Callable[[Any, int], float]  # (cfg, seq_len) -> training FLOPs per token
-    make_examples: Callable[[Records, Any, Any], dict]  # (records, run config, tokenizer) -> rows
-    prepare_batch_fn: Callable[[Any, Any], Callable]  # (run config, tokenizer) -> (rows, rng) -> batch
+    row_maker: Callable[[Any, Any], Any]  # (run config, tokenizer) -> zoo.data.RowMaker: documents -> rows -> inputs
     hf: HFMapping
     # -- optional --
     summarize: Callable[[dict], dict] | None = None  # summed eval metrics -> family metrics (F1, ...)

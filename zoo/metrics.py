@@ -1,5 +1,6 @@
 """Evaluation metrics: loss, perplexity and accuracy from summed counts, classification scores
-(F1, Matthews correlation) from a confusion matrix, and generation scores (exact match, BLEU, ROUGE-L).
+(F1, Matthews correlation) from a confusion matrix, Pearson's r from summed moments, and generation
+scores (exact match, BLEU, ROUGE-L).
 
 Counts are sums so that they add up exactly over batches, micro-batches and hosts.
 """
@@ -16,8 +17,9 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Loss, perplexity and accuracy from summed eval metrics (plus any other `*_sum` ratios)."""
     weight = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / weight
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(sums["weight_sum"])}
-    if "correct_sum" in sums:
+    out = {"loss": loss, "tokens": int(sums["weight_sum"])}
+    if "correct_sum" in sums:  # predictions of ids; a regression (squared error, no ids) has neither
+        out["perplexity"] = math.exp(min(loss, 700.0))
         out["accuracy"] = float(sums["correct_sum"]) / weight
     for key, value in sums.items():  # family extras, e.g. nsp_correct_sum / nsp_count
         if key.endswith("_correct_sum") and key.replace("_correct_sum", "_count") in sums:
@@ -38,6 +40,17 @@ def classification_metrics(cm_CC: np.ndarray) -> dict[str, float]:
     denominator = math.sqrt(max(n * n - (p_k * p_k).sum(), 0.0) * max(n * n - (t_k * t_k).sum(), 0.0))
     return {"f1": float(f1[1] if len(f1) == 2 else f1.mean()),
             "mcc": float(cov_tp / denominator) if denominator > 0 else 0.0}
+
+
+def pearson_from_sums(n: float, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> float:
+    """Pearson's r from the count and the sums of x, y, x^2, y^2 and xy (0 when either side is constant)."""
+    # The one-pass formula; the sums arrive as float64 totals of float32 per-batch sums, which is
+    # plenty for scores of a few units (STS-B's 0..5), not for data far from zero relative to its spread.
+    cov = n * sxy - sx * sy
+    var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+    if var_x <= 0 or var_y <= 0:
+        return 0.0
+    return float(max(-1.0, min(1.0, cov / math.sqrt(var_x * var_y))))
 
 
 def _words(text: str) -> list[str]:

@@ -8,12 +8,12 @@ from typing import Any
 import flax.traverse_util as traverse
 import jax
 
-from zoo import checkpoint, experiment, steps, trainer, workdir as workdir_lib
+from zoo import checkpoint, data, experiment, sources, steps, trainer, workdir as workdir_lib
 from zoo.experiment import Experiment
 
 
-def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[steps.TrainState, int]:
-    """(state, data position): the workdir's latest checkpoint, else --init-from params, else fresh."""
+def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[steps.TrainState, data.DataState]:
+    """(state, training data state): the workdir's latest checkpoint, else --init-from params, else fresh."""
     checkpointer = exp.checkpointer()
     try:
         if checkpointer.latest_step() is not None:
@@ -24,13 +24,13 @@ def restore_or_init(exp: Experiment, init_from: str | None = None) -> tuple[step
                     f"pass a larger --steps to train on, or run eval.py to evaluate it")
             if jax.process_index() == 0:
                 print(f"resumed from {exp.workdir} step {step}")
-            return state, position
+            return state, data.DataState.from_json(position, exp.config.data.batch_size)
     finally:
         checkpointer.close()
     state = exp.init_state()
     if init_from:
         state = state.replace(params=params_from_workdir(exp, init_from, state.params))
-    return state, 0
+    return state, data.DataState.start(exp.config.data.batch_size)
 
 
 def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
@@ -80,13 +80,16 @@ def restore_params(exp: Experiment, step: int | None = None) -> tuple[Any, int]:
         checkpointer.close()
 
 
-def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3) -> dict[str, Any]:
-    """Evaluate on the whole validation split, print metrics and sampled continuations; return them."""
-    summary = trainer.evaluate(exp, params, exp.batches("validation"))
+def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3,
+           max_records: int = 1000) -> dict[str, Any]:
+    """Evaluate on the whole evaluation split (`data.eval_split`), print metrics and sampled continuations;
+    return them. Generation metrics read its first `max_records` records."""
+    source = exp.source(exp.config.data.eval_split)
+    summary = trainer.evaluate(exp, params, exp.split(exp.config.data.eval_split, source))
     summary.update(vocab_size=exp.tokenizer.vocab_size, preset=exp.config.preset)
     if step is not None:
         summary["step"] = step
-    records = exp.records("validation")
+    records = sources.head(source, max_records)
     family = exp.family
     if family.generation_metrics is not None:  # e.g. T5's exact match, BLEU, ROUGE-L
         summary.update(family.generation_metrics(exp.model, params, exp.tokenizer, records, exp.config))

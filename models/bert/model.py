@@ -16,7 +16,8 @@ One parameter tree for every task, so `--init-from` a pretraining workdir carrie
     pooler/{w, b}      tanh(dense([CLS]))          pretrain with NSP, classify
     nsp/{w, b}         NSP logits from the pooler  pretrain with NSP
     mlm/{dense, norm, bias}  MLM transform; the decoder is tied to token_embed   pretrain
-    classifier/{w, b}  sequence (classify) or per-token (tag) logits
+    classifier/{w, b}  sequence (classify) or per-token (tag) logits; with num_labels 1, classify
+                       is a regression (STS-B) and its one logit is the predicted score
 
 A batch has the same keys for every task (see `init_batch`): token-level targets at
 `target_positions` (the masked slots for MLM, every position for tagging) and one sequence-level
@@ -58,7 +59,7 @@ class Config(layers.TransformerConfig):
     type_vocab_size: Annotated[int, AT_LEAST_ONE] = 2  # segment A/B; 1 for RoBERTa (a single, always-0 type)
     position_offset: Annotated[int, NON_NEGATIVE] = 0  # 2 for RoBERTa: positions count non-padding tokens from here
     task: Literal["pretrain", "classify", "tag"] = "pretrain"  # MLM [+ NSP] | per sequence | per token
-    num_labels: Annotated[int, AT_LEAST_ONE] = 2  # classes of the classify / tag heads
+    num_labels: Annotated[int, AT_LEAST_ONE] = 2  # classes of the classify / tag heads; 1: classify regresses
     nsp: bool = True  # pretrain with next-sentence prediction as well (BERT; not RoBERTa)
     mlm_probability: Annotated[float, OPEN_UNIT] = 0.15  # share of non-special tokens predicted in each row
     dynamic_masking: bool = False  # True: new mask each time a row is seen; False: one mask per row
@@ -123,7 +124,8 @@ class Model(nn.Module):
       target_positions_BP  positions whose token-level logits are wanted (the masked slots while
                     pretraining, which saves the [B, L, V] projection); default every position.
     Returns pretrain: {"mlm_logits": [B, P|L, V], "nsp_logits": [B, 2] (with NSP)};
-    classify: {"logits": [B, num_labels]}; tag: {"logits": [B, P|L, num_labels]}.
+    classify: {"logits": [B, num_labels]} (with num_labels 1, [B, 1] predicted scores);
+    tag: {"logits": [B, P|L, num_labels]}.
     """
 
     cfg: Config
@@ -202,8 +204,8 @@ def validate(cfg: Config, seq_len: int) -> None:
                           f"max_len {cfg.max_len}; lower --seq-len or set model.max_len")
     if seq_len < 8:
         raise ConfigError(f"seq_len {seq_len} is too short for [CLS] ... [SEP] rows; use at least 8")
-    if cfg.task in ("classify", "tag") and cfg.num_labels < 2:
-        raise ConfigError(f"model.num_labels must be at least 2 for task {cfg.task}, got {cfg.num_labels}")
+    if cfg.task == "tag" and cfg.num_labels < 2:
+        raise ConfigError(f"model.num_labels must be at least 2 for task tag, got {cfg.num_labels}")
     if cfg.task == "pretrain" and cfg.nsp and cfg.type_vocab_size < 2:
         raise ConfigError("next-sentence prediction needs model.type_vocab_size >= 2 (segments A and B)")
     if not 0.0 < cfg.mlm_probability < 1.0:
@@ -235,11 +237,15 @@ def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rn
     their masked-token count (~ BERT's sum of the two batch means, and exact over micro-batches).
     classify / tag: cross-entropy per example / per labelled token, plus a confusion matrix
     (`confusion_{true}_{pred}_sum`) from which `summarize` gives F1 and Matthews correlation.
+    classify with num_labels 1 (regression): squared error of the score against the float label,
+    so the objective is the mean squared error, plus the sums Pearson's r is computed from.
     """
     cfg = model.cfg
     out = model.apply({"params": params}, batch["inputs"], batch["segments"], None, batch["token_types"],
                       target_positions_BP=batch["target_positions"], deterministic=not train,
                       rngs={"dropout": dropout_rng})
+    if cfg.task == "classify" and cfg.num_labels == 1:
+        return _regression_sums(out["logits"][:, 0], batch["labels"], batch["label_weights"])
     if cfg.task == "classify":
         logits, targets, weights = out["logits"][:, None], batch["labels"][:, None], batch["label_weights"][:, None]
         return {**losses.cross_entropy_sums(logits, targets, weights), **_confusion(logits, targets, weights)}
@@ -267,11 +273,23 @@ def _confusion(logits_BxC: jax.Array, targets_Bx: jax.Array, weights_Bx: jax.Arr
     return {f"confusion_{t}_{p}_sum": cm_CC[t, p] for t in range(C) for p in range(C)}
 
 
+def _regression_sums(scores_B: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> dict[str, jax.Array]:
+    """Weighted squared error, and the moments Pearson's r needs, as scalar sums over rows."""
+    x, y, w = scores_B.astype(jnp.float32), labels_B.astype(jnp.float32), weights_B.astype(jnp.float32)
+    count = jnp.sum(w)
+    return {"loss_sum": jnp.sum(w * jnp.square(x - y)), "weight_sum": count, "pearson_count": count,
+            "pearson_x_sum": jnp.sum(w * x), "pearson_y_sum": jnp.sum(w * y), "pearson_xx_sum": jnp.sum(w * x * x),
+            "pearson_yy_sum": jnp.sum(w * y * y), "pearson_xy_sum": jnp.sum(w * x * y)}
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Family metrics from summed eval metrics: MLM/NSP losses, and F1 + Matthews correlation.
+    """Family metrics from summed eval metrics: MLM/NSP losses, F1 + Matthews correlation, Pearson's r.
 
     Binary tasks report the F1 of class 1 (GLUE's convention); more classes report macro F1. The
     Matthews correlation is the multi-class form (Gorodkin 2004), equal to the usual one for 2 classes.
+    Regression (STS-B) reports Pearson's r of predicted and true scores (its loss is their MSE).
+    GLUE also reports Spearman's rank correlation for STS-B; ranks need every prediction at once,
+    which sums over batches cannot give, so it is left to a path that keeps the predictions.
     """
     out: dict[str, float] = {}
     if sums.get("mlm_count"):
@@ -286,6 +304,9 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
         for (t, p), v in cells.items():
             cm[t, p] = v
         out.update(metrics.classification_metrics(cm))
+    if sums.get("pearson_count"):
+        out["pearson"] = metrics.pearson_from_sums(*(sums[f"pearson_{k}"] for k in
+                                                     ("count", "x_sum", "y_sum", "xx_sum", "yy_sum", "xy_sum")))
     return out
 
 

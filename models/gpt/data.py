@@ -1,7 +1,7 @@
-"""GPT's host side (numpy): documents packed into causal-LM rows, and the batch of a row table.
+"""GPT's host side (numpy): documents packed into causal-LM rows, and a row's inputs.
 
-Training rows come from packing documents end to end: each row of `seq_len + 1` tokens carries a
-segment id per token, so attention and the loss never cross a document boundary.
+Rows come from packing a slot's documents end to end (`zoo.data`): each row of `seq_len + 1` tokens
+carries a segment id per token, so attention and the loss never cross a document boundary.
 """
 
 from __future__ import annotations
@@ -10,26 +10,34 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data import DataError, record_text
+from zoo.errors import DataError
+from zoo.rows import Cursor, Doc, Row, RowMaker, take_tokens
+from zoo.sources import Record, record_text
 
 
-def make_examples(records: list[dict[str, str]], run: Any, tokenizer: Any) -> dict[str, np.ndarray]:
-    """Training rows of a split: every record's text tokenized and packed."""
-    texts = [record_text(r) for r in records]
-    return pack_documents(tokenizer.encode_batch(texts), run.data.seq_len, tokenizer.eos_id)
+def row_maker(run: Any, tokenizer: Any) -> RowMaker:
+    """Documents (each followed by EOS) packed end to end into rows of seq_len + 1 tokens with segment ids."""
+    width, eos = run.data.seq_len + 1, tokenizer.eos_id
+
+    def units(record: Record, doc: Doc) -> list[np.ndarray]:
+        ids = tokenizer.encode(record_text(record))
+        return [np.asarray([*ids, eos], np.int32)] if ids else []
+
+    def make_row(cursor: Cursor) -> Row | None:
+        pieces = take_tokens(cursor, width)
+        return pack_pieces(pieces, width) if pieces else None
+
+    return RowMaker(units, make_row, finish, lambda: pack_pieces([], width))
 
 
-def pack_documents(docs: list[list[int]], seq_len: int, eos_id: int) -> dict[str, np.ndarray]:
-    """Pack tokenized documents (each followed by EOS) into rows of seq_len + 1 tokens with segment ids."""
-    lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)
-    tokens = np.fromiter((t for d in docs for t in (*d, eos_id)), dtype=np.int32, count=int(lengths.sum()))
-    doc_ids = np.repeat(np.arange(1, len(docs) + 1, dtype=np.int32), lengths)
-    width = seq_len + 1
-    rows = tokens.size // width
-    if rows == 0:
-        raise DataError(f"the data holds {tokens.size} tokens, fewer than one row of {width}")
-    return {"tokens": tokens[: rows * width].reshape(rows, width),
-            "segments": doc_ids[: rows * width].reshape(rows, width)}
+def pack_pieces(pieces: list[np.ndarray], width: int) -> Row:
+    """One row of `width` tokens from pieces of documents, segment k + 1 for the k-th; zero padding after."""
+    tokens, segments = np.zeros(width, np.int32), np.zeros(width, np.int32)
+    at = 0
+    for k, piece in enumerate(pieces, 1):
+        tokens[at:at + len(piece)], segments[at:at + len(piece)] = piece, k
+        at += len(piece)
+    return {"tokens": tokens, "segments": segments}
 
 
 def positions_in_segment(segments_BL: np.ndarray) -> np.ndarray:
@@ -40,15 +48,14 @@ def positions_in_segment(segments_BL: np.ndarray) -> np.ndarray:
     return (index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)).astype(np.int32)
 
 
-def prepare_batch_fn(run: Any, tokenizer: Any) -> Any:
-    """The host-side batch function for a run (GPT's needs no settings)."""
-    del run, tokenizer
-    return prepare_batch
-
-
-def prepare_batch(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Causal-LM batch: inputs, next-token targets, segments, positions and loss weights."""
+def finish(row: Row, rng: np.random.Generator) -> Row:
+    """One packed row as causal-LM inputs (see `prepare_batch`)."""
     del rng  # the causal objective needs no randomness
+    return {k: v[0] for k, v in prepare_batch({k: v[None] for k, v in row.items()}).items()}
+
+
+def prepare_batch(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Causal-LM batch: inputs, next-token targets, segments, positions and loss weights."""
     tokens, segments = rows["tokens"], rows["segments"]
     inputs, seg_in = tokens[:, :-1], segments[:, :-1]
     weights = (segments[:, 1:] == seg_in) & (seg_in > 0)  # never predict across a document boundary
@@ -57,7 +64,7 @@ def prepare_batch(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict
 
 
 
-def sample_prompts(run: Any, records: list[dict[str, str]], tokenizer: Any, count: int) -> list[str]:
+def sample_prompts(run: Any, records: list[Record], tokenizer: Any, count: int) -> list[str]:
     """The first few tokens of `count` documents, as prompts for closing samples."""
     del run
     texts = [r.get("text", r.get("input", "")) for r in records[:count]]

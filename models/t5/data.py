@@ -1,8 +1,8 @@
 """T5's host-side data (numpy): span corruption, prefix LM and text-to-text pairs.
 
-Every objective turns a split's records into a fixed table of rows (`make_examples`), and a batch
-of rows into model inputs with numpy (`prepare_batch_fn`), drawing any noise from the generator
-that `zoo.data.Batches` seeds with (seed, batch index), so a resumed run sees the same batches.
+Every objective is a `zoo.RowMaker` (`row_maker`): pretraining cuts a slot's documents,
+concatenated, into chunks that `finish` corrupts with noise from the generator `zoo.data` seeds per
+global example (seed, step, slot); seq2seq packs whole (input, target) pairs side by side.
 Batches always hold the same six arrays:
 
     encoder_inputs / encoder_segments  [B, seq_len]      segment 0 = padding, 1, 2, ... = packed examples
@@ -18,12 +18,14 @@ summary line, or the topic's title) the target.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from zoo.config import ConfigError
-from zoo.data import DataError, record_text
+from zoo.errors import DataError
+from zoo.rows import Cursor, Doc, Row, RowMaker, stack, take_tokens
+from zoo.sources import Record, record_text
 
 SUMMARY_PREFIX = "summarize: "
 MAX_SUMMARY_INPUT_CHARS = 2000  # ~500 tokens: more than any encoder length we train with
@@ -122,41 +124,48 @@ def prefix_lm(tokens: np.ndarray, rng: np.random.Generator, target_len: int,
 # ---- rows and batches ---------------------------------------------------------------------------
 
 
-def chunk_tokens(docs: list[list[int]], length: int) -> np.ndarray:
-    """Documents concatenated (as T5 does for pretraining) and cut into rows of `length` tokens."""
-    stream = np.fromiter((t for d in docs for t in d), dtype=np.int32)
-    rows = stream.size // length
-    if rows == 0:
-        raise DataError(f"the data holds {stream.size} tokens, fewer than one row of {length}")
-    return stream[: rows * length].reshape(rows, length)
-
-
 def pack_pairs(pairs: list[tuple[list[int], list[int]]], seq_len: int, target_len: int,
                eos_id: int) -> dict[str, np.ndarray]:
     """Pack (input ids, target ids) pairs, in order, into rows; each part is cut to fit and ends in EOS."""
-    rows: list[list[tuple[list[int], list[int]]]] = []
-    used = (seq_len, target_len)  # forces a new row first
-    for inp, tgt in pairs:
-        inp, tgt = inp[: seq_len - 1] + [eos_id], tgt[: target_len - 1] + [eos_id]
-        if used[0] + len(inp) > seq_len or used[1] + len(tgt) > target_len:
-            rows.append([])
-            used = (0, 0)
-        rows[-1].append((inp, tgt))
-        used = (used[0] + len(inp), used[1] + len(tgt))
+    units = [_pair_unit(inp, tgt, seq_len, target_len, eos_id) for inp, tgt in pairs]
+    cursor = Cursor(range(len(units)), lambda i: [units[i]])
+    rows = []
+    while (row := _pair_row(cursor, seq_len, target_len)) is not None:
+        rows.append(row)
     if not rows:
         raise DataError("no input/target pairs to train on")
-    out = {k: np.zeros((len(rows), n), np.int32) for k, n in (
-        ("encoder_inputs", seq_len), ("encoder_segments", seq_len),
-        ("decoder_targets", target_len), ("decoder_segments", target_len))}
-    for r, row in enumerate(rows):
-        at = [0, 0]
-        for segment, parts in enumerate(row, 1):
-            for side, (ids, (tok_key, seg_key)) in enumerate(zip(parts, (
-                    ("encoder_inputs", "encoder_segments"), ("decoder_targets", "decoder_segments")))):
-                out[tok_key][r, at[side]:at[side] + len(ids)] = ids
-                out[seg_key][r, at[side]:at[side] + len(ids)] = segment
-                at[side] += len(ids)
-    return out
+    return stack(rows)
+
+
+def _pair_unit(inp: list[int], tgt: list[int], seq_len: int, target_len: int, eos_id: int) -> tuple[np.ndarray, ...]:
+    return (np.asarray([*inp[: seq_len - 1], eos_id], np.int32), np.asarray([*tgt[: target_len - 1], eos_id], np.int32))
+
+
+def _pair_row(cursor: Cursor, seq_len: int, target_len: int) -> Row | None:
+    """The next pairs that fit side by side in one row (encoder `seq_len`, decoder `target_len`)."""
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    used = [0, 0]
+    while (unit := cursor.current()) is not None:
+        if pairs and (used[0] + len(unit[0]) > seq_len or used[1] + len(unit[1]) > target_len):
+            break
+        pairs.append(unit)
+        used = [used[0] + len(unit[0]), used[1] + len(unit[1])]
+        cursor.next_unit()
+    return _pairs_row(pairs, seq_len, target_len) if pairs else None
+
+
+def _pairs_row(pairs: list[tuple[np.ndarray, np.ndarray]], seq_len: int, target_len: int) -> Row:
+    """Encoder and decoder tokens with segment k + 1 for the k-th pair; zero padding after."""
+    row = {k: np.zeros(n, np.int32) for k, n in (("encoder_inputs", seq_len), ("encoder_segments", seq_len),
+                                                ("decoder_targets", target_len), ("decoder_segments", target_len))}
+    at = [0, 0]
+    for segment, parts in enumerate(pairs, 1):
+        for side, (ids, (tok_key, seg_key)) in enumerate(zip(parts, (
+                ("encoder_inputs", "encoder_segments"), ("decoder_targets", "decoder_segments")))):
+            row[tok_key][at[side]:at[side] + len(ids)] = ids
+            row[seg_key][at[side]:at[side] + len(ids)] = segment
+            at[side] += len(ids)
+    return row
 
 
 def _pad_rows(seqs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,45 +187,59 @@ def finish_batch(encoder_inputs: np.ndarray, encoder_segments: np.ndarray, decod
             "decoder_segments": decoder_segments, "decoder_weights": (decoder_segments > 0).astype(np.float32)}
 
 
-def make_examples(records: list[dict[str, str]], run: Any, tokenizer: Any) -> dict[str, np.ndarray]:
-    """Rows of a split: token chunks for span corruption / prefix LM, packed pairs for seq2seq."""
-    cfg, seq_len = run.model, run.data.seq_len
-    if cfg.objective == "seq2seq":
-        pairs = text_to_text_pairs(records)
-        inputs = tokenizer.encode_batch([p["input"] for p in pairs])
-        targets = tokenizer.encode_batch([p["target"] for p in pairs])
-        return pack_pairs(list(zip(inputs, targets)), seq_len, decoder_len(cfg, seq_len), tokenizer.eos_id)
-    texts = [record_text(r) for r in records]
-    if cfg.objective == "span_corruption":
-        length = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
-    else:  # prefix LM: prefix and rest share the encoder budget (one EOS each side)
-        length = seq_len - 1
-    return {"tokens": chunk_tokens(tokenizer.encode_batch(texts), length)}
-
-
-def prepare_batch_fn(run: Any, tokenizer: Any) -> Callable[[dict[str, np.ndarray], np.random.Generator], dict]:
-    """The host-side batch function of the run's objective."""
+def row_maker(run: Any, tokenizer: Any) -> RowMaker:
+    """The rows of the run's objective: corrupted chunks of concatenated documents, or packed pairs."""
     cfg, seq_len = run.model, run.data.seq_len
     target_len = decoder_len(cfg, seq_len)
     if cfg.objective == "seq2seq":
-        return lambda rows, rng: finish_batch(rows["encoder_inputs"], rows["encoder_segments"],
-                                              rows["decoder_targets"], rows["decoder_segments"])
+        return _seq2seq_maker(tokenizer, seq_len, target_len)
     if cfg.objective == "span_corruption":
-        raw = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
-        spans = span_corruption_lengths(raw, cfg.noise_density, cfg.mean_noise_span_length)[3]
+        length = span_corruption_raw_len(seq_len, cfg.noise_density, cfg.mean_noise_span_length)
+        spans = span_corruption_lengths(length, cfg.noise_density, cfg.mean_noise_span_length)[3]
         if spans > tokenizer.num_sentinels:
             raise DataError(f"span corruption needs {spans} sentinels but the tokenizer has "
                             f"{tokenizer.num_sentinels}; retrain it with more (model.num_sentinels)")
-        corrupt = lambda t, rng: span_corruption(t, rng, cfg.noise_density, cfg.mean_noise_span_length,
+        corrupt = lambda t, rng: span_corruption(t, rng, cfg.noise_density, cfg.mean_noise_span_length,  # noqa: E731
                                                  tokenizer.vocab_size, tokenizer.eos_id)
-    else:
-        corrupt = lambda t, rng: prefix_lm(t, rng, target_len, tokenizer.eos_id)
+    else:  # prefix LM: prefix and rest share the encoder budget (one EOS each side)
+        length = seq_len - 1
+        corrupt = lambda t, rng: prefix_lm(t, rng, target_len, tokenizer.eos_id)  # noqa: E731
 
-    def prepare(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        inputs, targets = zip(*(corrupt(t, rng) for t in rows["tokens"]))
-        return finish_batch(*_pad_rows(list(inputs), seq_len), *_pad_rows(list(targets), target_len))
+    def units(record: Record, doc: Doc) -> list[np.ndarray]:
+        ids = tokenizer.encode(record_text(record))
+        return [np.asarray(ids, np.int32)] if ids else []
 
-    return prepare
+    def make_row(cursor: Cursor) -> Row | None:
+        tokens = np.concatenate(take_tokens(cursor, length) or [np.zeros(0, np.int32)])
+        return {"tokens": tokens} if len(tokens) == length else None  # an evaluation's short tail is dropped
+
+    def finish(row: Row, rng: np.random.Generator) -> Row:
+        inputs, targets = corrupt(row["tokens"], rng)
+        return _squeeze(finish_batch(*_pad_rows([inputs], seq_len), *_pad_rows([targets], target_len)))
+
+    return RowMaker(units, make_row, finish, lambda: {"tokens": np.full(length, tokenizer.eos_id, np.int32)})
+
+
+def _seq2seq_maker(tokenizer: Any, seq_len: int, target_len: int) -> RowMaker:
+    """Text-to-text pairs, whole, packed side by side in rows."""
+    def units(record: Record, doc: Doc) -> list[tuple[np.ndarray, np.ndarray]]:
+        pair = text_to_text_pair(record)
+        if pair is None:
+            return []
+        return [_pair_unit(tokenizer.encode(pair["input"]), tokenizer.encode(pair["target"]), seq_len, target_len,
+                           tokenizer.eos_id)]
+
+    def finish(row: Row, rng: np.random.Generator) -> Row:
+        del rng
+        return _squeeze(finish_batch(*(row[k][None] for k in (
+            "encoder_inputs", "encoder_segments", "decoder_targets", "decoder_segments"))))
+
+    return RowMaker(units, lambda cursor: _pair_row(cursor, seq_len, target_len), finish,
+                         lambda: _pairs_row([], seq_len, target_len))
+
+
+def _squeeze(batch: dict[str, np.ndarray]) -> Row:
+    return {k: v[0] for k, v in batch.items()}
 
 
 # ---- text-to-text pairs -------------------------------------------------------------------------
@@ -238,26 +261,29 @@ def summary_pair(text: str) -> dict[str, str] | None:
     return {"input": SUMMARY_PREFIX + body[:MAX_SUMMARY_INPUT_CHARS], "target": head}
 
 
-def text_to_text_pairs(records: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Input/target records as they are; text records through the offline "summary line" task."""
-    pairs = []
-    for r in records:
-        pair = {"input": r["input"], "target": r["target"]} if "input" in r else summary_pair(r.get("text", ""))
-        if pair is not None:
-            pairs.append(pair)
+def text_to_text_pair(record: Record) -> dict[str, str] | None:
+    """An input/target record as it is; a text record through the offline "summary line" task."""
+    if "input" in record:
+        return {"input": record["input"], "target": record["target"]}
+    return summary_pair(record.get("text", ""))
+
+
+def text_to_text_pairs(records: list[Record]) -> list[dict[str, str]]:
+    """The input/target pairs of records (see `text_to_text_pair`); DataError if there are none."""
+    pairs = [p for p in map(text_to_text_pair, records) if p is not None]
     if not pairs:
         raise DataError("the data has no input/target pairs (jsonl records with 'input' and 'target' fields, "
                         "or documents whose first paragraph can serve as a summary)")
     return pairs
 
 
-def sample_prompts(run: Any, records: list[dict[str, str]], tokenizer: Any, count: int) -> list[str]:
+def sample_prompts(run: Any, records: list[Record], tokenizer: Any, count: int) -> list[str]:
     """Inputs for closing samples that fit the run's objective (sentinel spans, prefixes or task inputs)."""
     del tokenizer
     return sample_inputs(records, run.model.objective, count)
 
 
-def sample_inputs(records: list[dict[str, str]], objective: str, count: int = 3, words: int = 24) -> list[str]:
+def sample_inputs(records: list[Record], objective: str, count: int = 3, words: int = 24) -> list[str]:
     """Inputs for closing samples: pair inputs for seq2seq; for pretraining, the first `words` words
     of a document with a middle stretch replaced by `<extra_id_0>` (span corruption) or cut off (prefix LM)."""
     if objective == "seq2seq":

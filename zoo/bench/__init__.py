@@ -7,13 +7,13 @@ Sections (all by default; `--only` picks some):
 
 - train: the real train step, built exactly as train.py builds it (`zoo.experiment.build`, the
   preset's vocabulary kept, shardings, donation and remat policy from the config) and fed
-  random-token batches made by the family's own `make_examples` + `prepare_batch`. Reported: jit
+  random-token batches made by the family's own `row_maker` through `zoo.data`. Reported: jit
   lower+compile time, the first step (compile + one step, what the peers call `compile_s`), median
   step time with min-max over `--steps` steps each timed to completion, tokens/s, MFU and peak memory.
 - decode: KV-cache greedy generation through the family's `generate` (skipped for families without
   one), at each `--decode-batch`: tokens/s of `--new-tokens` new tokens after a `--prompt-len` prompt,
   and time to first token (a call with one new token). Every timed call follows an identical warm-up.
-- input: batches/s of the data pipeline alone (`zoo.data.Batches` -> `prepare_batch` -> global arrays)
+- input: batches/s of the data pipeline alone (`zoo.data.Split` -> rows -> global arrays)
   and how many times faster that is than the train step consumes batches.
 - compile: jit lower+compile time of the train step at `--depths` layers of the same width.
 

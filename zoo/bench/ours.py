@@ -44,7 +44,7 @@ def bench_train(cfg: config_lib.Config, timed_steps: int, peak: dict[str, Any]) 
     probe = measure.MemProbe("jax")  # RSS high-water on CPU, allocator peak on GPU/TPU
     exp, step = _build(cfg)
     state = exp.init_state()
-    host_batch = synthetic.batches(exp, cfg.data.batch_size).get(0)
+    host_batch = synthetic.first_batch(exp)
     batch = data.to_global(host_batch, exp.layout.batch_shardings)
     with steps.on_mesh(exp.mesh):
         t0 = time.perf_counter()
@@ -95,32 +95,34 @@ def bench_decode(cfg: config_lib.Config, params: Any, batch_sizes: list[int], pr
     return out
 
 
-def _source_batches(cfg: config_lib.Config) -> tuple[data.Batches | None, str]:
-    """Batches of the config's data source with a freshly trained tokenizer (None if it is too small)."""
+def _source_split(cfg: config_lib.Config) -> tuple[data.Split, str]:
+    """The config's training split with a freshly trained tokenizer, as train.py would build it."""
     t0 = time.perf_counter()
-    exp = experiment.build(cfg, None)  # no workdir: trains a tokenizer on the source, as train.py would
-    try:
-        batches = exp.batches("train")
-    except data.DataError as err:
-        return None, f"random ids ({cfg.data.source} is too small: {err})"
+    exp = experiment.build(cfg, None)  # no workdir: trains a tokenizer on a sample of the source
+    split = exp.split("train")
     seconds = time.perf_counter() - t0
-    return batches, f"{cfg.data.source}, {exp.tokenizer.vocab_size}-piece tokenizer ({seconds:.1f} s to build)"
+    return split, f"{cfg.data.source}, {exp.tokenizer.vocab_size}-piece tokenizer ({seconds:.1f} s to build)"
 
 
 def bench_input(cfg: config_lib.Config, source: str, count: int, step_s: float | None) -> dict[str, Any]:
     """Batches/s of host preparation + device placement alone, and its ratio to the step's consumption."""
-    batches, note = _source_batches(cfg) if source == "source" else (None, "random ids")
     exp = experiment.build(cfg, None, tokenizer=experiment.NO_TOKENIZER)
-    if batches is None:
-        batches = synthetic.batches(exp, 64 * cfg.data.batch_size)
+    split, note = _source_split(cfg) if source == "source" else (synthetic.split(exp), "random ids")
     shardings = exp.layout.batch_shardings
-    place = lambda i: jax.block_until_ready(data.to_global(batches.get(i), shardings))  # noqa: E731
-    place(0)
+    batches = split.batches()
+    place = lambda: jax.block_until_ready(data.to_global(next(batches).inputs, shardings))  # noqa: E731
+    place()
     t0 = time.perf_counter()
-    for i in range(1, count + 1):
-        place(i)
+    for _ in range(count):
+        place()
     per_s = count / (time.perf_counter() - t0)
-    return {"data": note, "rows": batches.rows, "batches": count, "batches_per_s": per_s,
+    batches.close()
+    tokens_per_s = per_s * cfg.data.batch_size * cfg.data.seq_len
+    # What one v5e chip eats at 50% MFU, and so how many processes like this one it needs
+    v5e_tokens_per_s = 0.5 * throughput.PEAK_FLOPS["TPU v5e"] / exp.family.flops_per_token(cfg.model, cfg.data.seq_len)
+    return {"data": note, "workers": cfg.data.workers, "batches": count, "batches_per_s": per_s,
+            "tokens_per_s": tokens_per_s, "v5e_tokens_per_s_at_half_mfu": v5e_tokens_per_s,
+            "processes_per_v5e_chip": v5e_tokens_per_s / tokens_per_s,
             "step_batches_per_s": None if step_s is None else 1.0 / step_s,
             "ratio_vs_step": None if step_s is None else per_s * step_s, "load": measure.load()}
 

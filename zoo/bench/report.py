@@ -55,7 +55,9 @@ def report(result: dict[str, Any]) -> str:
         i = result["input"]
         ratio = "" if i["ratio_vs_step"] is None else (
             f" = {i['ratio_vs_step']:,.0f}x the train step's {i['step_batches_per_s']:.2f} batches/s")
-        lines += ["", f"input: {i['batches_per_s']:,.1f} batches/s{ratio} ({i['data']}, {i['rows']} rows)"]
+        lines += ["", f"input: {i['batches_per_s']:,.1f} batches/s, {i['tokens_per_s']:,.0f} tokens/s{ratio} "
+                           f"({i['data']}, {i['workers']} workers); a v5e chip at 50% MFU eats "
+                           f"{i['v5e_tokens_per_s_at_half_mfu']:,.0f} tokens/s = {i['processes_per_v5e_chip']:.1f}x this"]
     if "compile" in result:
         c = result["compile"]
         depths = [k for k in c if k.startswith("layers_")]

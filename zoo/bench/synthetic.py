@@ -1,4 +1,4 @@
-"""Random-token batches in a family's own row layout, made by its own `make_examples` + `prepare_batch`.
+"""Random-token batches in a family's own row layout, made by its own `row_maker` through `zoo.data`.
 
 Documents are space-separated ids read by `IdTokenizer`, so the benchmark needs no trained
 tokenizer and every family gets rows (packing, masking, span corruption) exactly as training does.
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo import data, experiment
+from zoo import data, experiment, sources
 
 FIRST_ID = 3  # random tokens avoid pad/eos/unk (0, 1, 2)
 
@@ -57,20 +57,19 @@ def random_text(rng: np.random.Generator, tokenizer: IdTokenizer, length: int) -
     return " ".join(map(str, rng.integers(FIRST_ID, high, size=length)))
 
 
-def batches(exp: experiment.Experiment, min_rows: int) -> data.Batches:
-    """Batches of random tokens in the family's own row layout, at least `min_rows` rows of them."""
+def split(exp: experiment.Experiment, docs: int = 64) -> data.Split:
+    """The training split of `docs` random-token documents, in the family's own row layout."""
     cfg = exp.config
     tok = id_tokenizer(exp)
-    with_ids = dataclasses.replace(exp, tokenizer=tok)
     rng = np.random.default_rng(cfg.train.seed)
-    docs = max(4, min_rows)
-    for _ in range(8):  # a family may cut documents differently: add text until there are enough rows
-        records = [{"text": random_text(rng, tok, 2 * cfg.data.seq_len)} for _ in range(docs)]
-        try:
-            out = with_ids.batches("train", records)
-        except data.DataError:
-            out = None
-        if out is not None and out.rows >= min_rows:
-            return out
-        docs *= 2
-    raise RuntimeError(f"random documents gave too few {cfg.family} rows for batch size {cfg.data.batch_size}")
+    records = sources.RecordList([{"text": random_text(rng, tok, 2 * cfg.data.seq_len)} for _ in range(docs)])
+    return dataclasses.replace(exp, tokenizer=tok).split("train", records)
+
+
+def first_batch(exp: experiment.Experiment) -> dict[str, np.ndarray]:
+    """This process's rows of the first random-token batch."""
+    batches = split(exp).batches()
+    try:
+        return next(batches).inputs
+    finally:
+        batches.close()
