@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir.save_config(exp.config, args.workdir)
             state, data_state = runs.restore_or_init(exp, init_from=args.init_from)
             state = trainer.fit(exp, state, data_state)
-            runs.report(exp, state.params)
+            # as many batches as the evaluations during training; eval.py reads the whole split
+            runs.report(exp, state.params, max_batches=exp.config.train.eval_batches)
     return 0
 
 

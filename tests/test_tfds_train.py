@@ -46,7 +46,7 @@ BUILT = [(local(fx.Glue), config) for config in fx.GLUE] + [
 
 TINY = ["--steps", "2", "--batch-size", "8", "--seq-len", "32", "--set", "model.num_layers=1",
         "--set", "model.d_model=32", "--set", "model.d_ff=64", "--set", "data.vocab_size=400",
-        "--set", "train.eval_batches=1", "--set", "train.sample_tokens=0", "--set", "train.checkpoint_every=2"]
+        "--set", "train.eval_batches=2", "--set", "train.sample_tokens=0", "--set", "train.checkpoint_every=2"]
 BERT = ["--model", "bert-tiny", "--set", "model.task=classify", "--set", "model.dropout=0"]  # 2 heads of 16
 GPT = ["--model", "gpt-tiny", "--set", "model.num_heads=2"]
 T5 = ["--model", "t5-tiny", "--set", "model.objective=seq2seq", "--set", "model.num_heads=2",

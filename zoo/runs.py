@@ -80,12 +80,12 @@ def restore_params(exp: Experiment, step: int | None = None) -> tuple[Any, int]:
         checkpointer.close()
 
 
-def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3,
+def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3, max_batches: int = 0,
            max_records: int = 1000) -> dict[str, Any]:
-    """Evaluate on the whole evaluation split (`data.eval_split`), print metrics and sampled continuations;
-    return them. Generation metrics read its first `max_records` records."""
+    """Evaluate `max_batches` batches (0: all) of the evaluation split (`data.eval_split`), print metrics and
+    sampled continuations; return them. Generation metrics read its first `max_records` records."""
     source = exp.source(exp.config.data.eval_split)
-    summary = trainer.evaluate(exp, params, exp.split(exp.config.data.eval_split, source))
+    summary = trainer.evaluate(exp, params, exp.split(exp.config.data.eval_split, source), max_batches)
     summary.update(vocab_size=exp.tokenizer.vocab_size, preset=exp.config.preset)
     if step is not None:
         summary["step"] = step
