@@ -1,7 +1,7 @@
 """Evaluate a workdir's checkpoint: python eval.py --workdir DIR [--step N] [--json PATH].
 
 Rebuilds the run from DIR/config.json with the same builders as train.py, restores the params onto
-the current devices (any mesh), and prints validation metrics and sampled continuations.
+every device here (all on `data`, or --mesh), whatever mesh trained it, and prints validation metrics and sampled continuations.
 """
 
 import sys
@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     with cli.user_errors():
         sharding.init_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         cli.check_output_path(args.json)
-        cfg = cli.with_mesh_flag(workdir.load_config(args.workdir), args.mesh)
+        # any devices, any mesh: not necessarily those the run was trained on
+        cfg = runs.for_these_devices(workdir.load_config(args.workdir), cli.mesh_flag(args.mesh))
         exp = experiment.build(cfg, args.workdir, tokenizer=workdir.require_tokenizer(args.workdir))
         params, step = runs.restore_params(exp, args.step)
         summary = runs.report(exp, params, step=step, samples=args.samples)

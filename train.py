@@ -6,7 +6,7 @@ Re-running on a workdir resumes from its latest checkpoint.
 
 import sys
 
-from zoo import cli, experiment, runs, sharding, trainer, workdir
+from zoo import cli, experiment, preemption, runs, sharding, trainer, workdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
             exp = experiment.build(cfg, args.workdir, init_from=args.init_from)
             workdir.save_config(exp.config, args.workdir)
             state, data_state = runs.restore_or_init(exp, init_from=args.init_from)
-            state = trainer.fit(exp, state, data_state)
+            try:
+                state = trainer.fit(exp, state, data_state)
+            except preemption.Stopped as stopped:  # saved; the closing report would outlast the grace period
+                print(stopped, file=sys.stderr, flush=True)
+                return stopped.exit_code
             # as many batches as the evaluations during training; eval.py reads the whole split
             runs.report(exp, state.params, max_batches=exp.config.train.eval_batches)
     return 0

@@ -14,7 +14,7 @@ import pytest
 from conftest import FakeTokenizer, perturbed, random_params
 from models.bert import FAMILY as BERT, data as bert_tasks, hf as bert_hf, model as bert
 from zoo import metrics, rows as rows_lib, steps
-from zoo.tokenizer import HFTokenizer
+from zoo.hf_tokenizer import HFTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

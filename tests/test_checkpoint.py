@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import checkpoint, workdir
-from zoo.steps import TrainState
+from zoo.steps import SpikeStats, TrainState
 
 
 def state(value):
     return TrainState(step=jnp.int32(value), params={"w": jnp.full((4, 3), value, jnp.float32)},
-                      opt_state={"mu": jnp.zeros((3,))}, bad_steps=jnp.int32(0))
+                      opt_state={"mu": jnp.zeros((3,))}, bad_steps=jnp.int32(0), spike_stats=SpikeStats.zeros())
 
 
 def abstract():
@@ -45,3 +45,18 @@ def test_an_interrupted_save_is_never_taken_as_latest(tmp_path):
     restored, position, step = reader.restore(abstract())
     assert (position, step) == ({"batches": 1}, 1)
     np.testing.assert_array_equal(restored.params["w"], np.full((4, 3), 1.0))
+
+
+def test_keep_best_survives_a_restart_of_the_manager(tmp_path):
+    # Orbax writes a step's metrics to disk only when best_fn is set: without them the manager of a
+    # resumed run saw the earlier best checkpoint as unranked and deleted it.
+    saver = checkpoint.Checkpointer(str(tmp_path), keep=1, async_save=False)
+    for step, loss in [(2, 5.7), (4, 5.5), (6, 5.6)]:
+        saver.save(step, state(step), {"batches": step}, loss)
+    saver.close()
+    assert saver.all_steps() == [4, 6]
+    resumed = checkpoint.Checkpointer(str(tmp_path), keep=1, async_save=False)
+    for step, loss in [(8, 9.0), (10, 7.0)]:
+        resumed.save(step, state(step), {"batches": step}, loss)
+    resumed.close()
+    assert resumed.all_steps() == [4, 10]  # the best (4) and the latest

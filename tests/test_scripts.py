@@ -115,18 +115,71 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_loss_sequence(trained, tm
     assert train_losses(workdir) == train_losses(reference_dir)  # bit-identical, step by step
 
 
+def _interrupted(trained, workdir, sig):
+    """(exit code, stderr, saved steps) of a 400-step run sent `sig` after its third step."""
+    os.makedirs(workdir)
+    shutil.copy(os.path.join(trained[0], "tokenizer.model"), workdir)
+    proc = _start(workdir, 400)
+    _kill_when(proc, workdir, 3, sig)
+    _, err = proc.communicate(timeout=120)
+    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    return proc.returncode, err, saved
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(trained, tmp_path):
+    code, err, saved = _interrupted(trained, str(tmp_path / "preempted"), signal.SIGTERM)
+    assert code == 0, err[-2000:]
+    assert "SIGTERM (preemption notice): checkpoint saved at step" in err
+    assert 3 <= max(saved) < 400  # written at the step the notice arrived
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_non_zero(trained, tmp_path):
+    workdir = str(tmp_path / "interrupted")
+    code, err, saved = _interrupted(trained, workdir, signal.SIGINT)
+    assert code == 130, err[-2000:]
+    assert "Ctrl-C: checkpoint saved at step" in err and "Traceback" not in err
+    assert 3 <= max(saved) < 400
+    resumed = run_script("train.py", *TINY, "--workdir", workdir, "--steps", str(max(saved) + 1))
+    assert f"resumed from {workdir} step {max(saved)}" in resumed.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_on_8(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run8"))
+    run_script("train.py", *TINY, "--workdir", workdir, "--steps", "2", "--batch-size", "8",
+               "--mesh", "data=4,fsdp=2,tensor=1", devices=8)
+    return workdir
+
+
+def test_eval_runs_on_one_device_of_a_run_trained_on_eight(trained_on_8, tmp_path):
+    one, eight = tmp_path / "one.json", tmp_path / "eight.json"
+    proc = run_script("eval.py", "--workdir", trained_on_8, "--json", str(one), "--samples", "1")  # no --mesh
+    assert "--- " in proc.stdout  # generation works there too
+    run_script("eval.py", "--workdir", trained_on_8, "--json", str(eight), "--samples", "0",
+               "--mesh", "data=4,fsdp=2,tensor=1", devices=8)
+    a, b = json.loads(one.read_text()), json.loads(eight.read_text())
+    assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) < 1e-5
+    three = run_script("eval.py", "--workdir", trained_on_8, "--samples", "0", devices=3)  # batch 8 -> 9
+    assert "validation:" in three.stdout
+
+
+def test_keep_best_keeps_the_checkpoint_with_the_lowest_validation_loss(trained, tmp_path):
     reference_dir, _ = trained
-    workdir = str(tmp_path / "preempted")
+    workdir = str(tmp_path / "best")
     os.makedirs(workdir)
     shutil.copy(os.path.join(reference_dir, "tokenizer.model"), workdir)
-    proc = _start(workdir, 400)
-    _kill_when(proc, workdir, 3, signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert "SIGTERM" in out + err
-    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-    assert max(saved) >= 3 and max(saved) < 400  # written at the step the notice arrived
+    every = ["--checkpoint-every", "100", "--set", "train.eval_every=2", "--set", "train.keep_checkpoints=1",
+             "--set", "train.sample_tokens=0", "--set", "optim.warmup_steps=0"]
+    run_script("train.py", *TINY, *every, "--workdir", workdir, "--steps", "6")
+    # then resumed with a learning rate far too high: validation gets worse than it was
+    run_script("train.py", *TINY, *every, "--workdir", workdir, "--steps", "12",
+               "--set", "optim.learning_rate=0.5", "--set", "optim.clip_norm=0")
+    valid = {m["step"]: m["valid_loss"] for m in metrics(workdir) if "valid_loss" in m}
+    assert sorted(valid) == [2, 4, 6, 8, 10, 12]  # every eval step is a checkpoint step
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    best = min(valid, key=valid.get)
+    assert best != 12, valid  # otherwise this test would not tell keep-best from keep-latest
+    assert saved == [best, 12], (valid, saved)
 
 
 def _fails(*args, devices=1, contains=""):

@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -146,3 +147,46 @@ def test_non_finite_step_is_skipped_and_counted(tokenizer):
     assert int(m["skipped"]) == 1 and int(state.bad_steps) == 2 and int(state.step) == 2
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
         np.testing.assert_array_equal(a, np.asarray(b))  # unchanged, bit for bit (NaN == NaN here)
+
+
+def test_spike_guard_skips_a_jump_and_absorbs_a_lasting_shift():
+    rng = np.random.default_rng(0)
+    stats, finite = steps.SpikeStats.zeros(), jnp.bool_(True)
+
+    def feed(loss, grad_norm, sigmas=6.0):
+        nonlocal stats
+        spike, stats = steps._spike_guard(stats, jnp.float32(loss), jnp.float32(grad_norm), finite, sigmas)
+        return bool(spike)
+
+    early = [feed(3 + rng.normal(0, 0.05), 1 + rng.uniform(0, 0.1)) for _ in range(steps.SPIKE_WARMUP_STEPS)]
+    assert not any(early)  # not armed before the warm-up
+    np.testing.assert_allclose(float(stats.mean[0]), 3.0, atol=0.05)
+    assert not any(feed(3 + rng.normal(0, 0.05), 1 + rng.uniform(0, 0.1)) for _ in range(20))
+    mean_before = float(stats.mean[0])
+    assert feed(9.0, 1.0)  # the loss jumps
+    assert feed(3.0, 50.0)  # the gradient norm jumps
+    assert float(stats.mean[0]) - mean_before < 0.05  # a clipped spike barely moves the statistics
+    assert int(stats.spikes) == 2
+    shifted = [feed(4.0 + rng.normal(0, 0.05), 1.05) for _ in range(40)]  # a lasting shift, e.g. new data
+    assert shifted[0] and not any(shifted[-20:])
+    assert not feed(100.0, 1.0, sigmas=0.0)  # 0 turns the guard off
+    spike, unchanged = steps._spike_guard(stats, jnp.float32(np.nan), jnp.float32(1.0), jnp.bool_(False), 6.0)
+    assert not bool(spike) and int(unchanged.count) == int(stats.count)  # non-finite steps are not averaged
+
+
+def test_a_spike_step_leaves_the_state_unchanged_and_is_counted(tokenizer):
+    exp = build(tiny_run_config(), tokenizer, (1, 1, 1))
+    state = exp.init_state()
+    # statistics of a run whose loss sat at 0.1 with almost no spread: any real loss is a spike
+    armed = steps.SpikeStats(mean=jnp.array([0.1, 0.0]), var=jnp.array([1e-6, 1e-6]),
+                             count=jnp.int32(100), spikes=jnp.int32(0))
+    state = state.replace(spike_stats=armed)
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule, 0,
+                                       spike_sigmas=6.0)
+    with steps.on_mesh(exp.mesh):
+        state, m = train_step(state, host_batches(exp, 1)[0])
+    assert int(m["skipped"]) == 1 and int(m["spike"]) == 1 and int(m["spikes"]) == 1
+    assert int(state.bad_steps) == 0 and int(state.step) == 1  # skipped, but not a non-finite step
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, np.asarray(b))

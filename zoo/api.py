@@ -19,11 +19,12 @@ import jax
 import numpy as np
 
 import models
-from zoo import (checkpoint, config as config_lib, convert, data, decode, experiment, optim, runs, sharding, steps,
+from zoo import (checkpoint, config as config_lib, convert, data, decode, experiment, optim, runs, steps,
                  workdir as workdir_lib)
 from zoo.errors import ZooValueError
 from zoo.family import Family
-from zoo.tokenizer import HFTokenizer, Tokenizer
+from zoo.hf_tokenizer import HFTokenizer
+from zoo.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
@@ -84,7 +85,8 @@ class ZooModel:
             workdir_lib.save_tokenizer(self.tokenizer, workdir)
         tx = optim.make_optimizer(self.config.optim, self.config.train.steps, self.params)
         zero = jax.numpy.zeros((), jax.numpy.int32)
-        state = steps.TrainState(step=zero, params=self.params, opt_state=tx.init(self.params), bad_steps=zero)
+        state = steps.TrainState(step=zero, params=self.params, opt_state=tx.init(self.params), bad_steps=zero,
+                                 spike_stats=steps.SpikeStats.zeros())
         saver = checkpoint.Checkpointer(workdir, async_save=False)
         saver.save(0, state, data.DataState.start(self.config.data.batch_size).to_json())
         saver.close()
@@ -138,12 +140,9 @@ def create(preset: str, seed: int = 0, **model_overrides: Any) -> ZooModel:
 def load(workdir: str, step: int | None = None) -> ZooModel:
     """A trained model from a zoo workdir: its config, tokenizer and the params of `step` (default latest)."""
     cfg = workdir_lib.load_config(workdir)
-    # Inference uses every device on `data`; the training batch size only has to fit that mesh.
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=jax.device_count()),
-                              optim=dataclasses.replace(cfg.optim, grad_accum=1))
+    cfg = runs.for_these_devices(cfg)
     tokenizer = workdir_lib.saved_tokenizer(workdir)
-    exp = experiment.build(cfg, workdir, tokenizer=tokenizer or experiment.NO_TOKENIZER,
-                           mesh=sharding.make_mesh())
+    exp = experiment.build(cfg, workdir, tokenizer=tokenizer or experiment.NO_TOKENIZER)
     params, _ = runs.restore_params(exp, step)
     return ZooModel(exp.config, exp.family, exp.model, params, tokenizer)
 

@@ -32,10 +32,17 @@ def _manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bo
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else preserve, enable_async_checkpointing=async_save,
+        # Orbax writes a step's metrics to disk only when best_fn is set; without them a resumed run's
+        # manager sees earlier checkpoints as unranked, and keep-best deletes the best one.
+        best_fn=lambda m: m["valid_loss"], best_mode="min",
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
-                                 item_handlers=handlers)
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    try:  # the manager reads every step's metrics when it opens
+        return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    except Exception as err:  # Orbax raises many types; all mean a damaged step directory
+        raise CheckpointError(f"cannot open the checkpoints in {directory}: {_first_line(err)}; "
+                              f"remove the damaged step directory") from err
 
 
 class Checkpointer:

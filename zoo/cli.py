@@ -59,7 +59,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--json", default=None, help="write the metrics to this file as one JSON object")
-    p.add_argument("--mesh", default=None, help="data=D,fsdp=F,tensor=T for evaluation")
+    p.add_argument("--mesh", default=None,
+                   help="data=D,fsdp=F,tensor=T (default: every device here on data, whatever mesh trained the run)")
     p.add_argument("--samples", type=int, default=3, help="sampled continuations to print")
     _distributed_flags(p)
     return p
@@ -112,9 +113,14 @@ def check_output_path(path: str | None) -> None:
         raise config_lib.ConfigError(f"--json {path}: the folder {parent} is not writable")
 
 
+def mesh_flag(mesh_text: str | None) -> config_lib.MeshConfig | None:
+    """The mesh a --mesh flag names (axes it leaves out are 1), or None without one."""
+    if not mesh_text:
+        return None
+    return config_lib.MeshConfig(**{"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(mesh_text)})
+
+
 def with_mesh_flag(cfg: config_lib.Config, mesh_text: str | None) -> config_lib.Config:
     """Replace the config's mesh by a --mesh flag, if given."""
-    if not mesh_text:
-        return cfg
-    mesh = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(mesh_text)}
-    return dataclasses.replace(cfg, mesh=config_lib.MeshConfig(**mesh))
+    mesh = mesh_flag(mesh_text)
+    return cfg if mesh is None else dataclasses.replace(cfg, mesh=mesh)

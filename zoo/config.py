@@ -106,6 +106,8 @@ class TrainConfig:
     checkpoint_every: Annotated[int, AT_LEAST_ONE] = 200
     keep_checkpoints: Annotated[int, AT_LEAST_ONE] = 3  # the latest checkpoints kept, besides the best
     max_bad_steps: Annotated[int, AT_LEAST_ONE] = 5  # stop after this many consecutive non-finite steps
+    spike_sigmas: Annotated[float, NON_NEGATIVE] = 0.0  # skip a step whose loss or log grad norm is this many
+    # running standard deviations above its running mean (0: off; 6 is a cautious guard)
     sample_tokens: Annotated[int, NON_NEGATIVE] = 40  # length of the samples printed at the end
     sample_temperature: Annotated[float, NON_NEGATIVE] = 0.7  # 0 is greedy (which loops on small models)
     sample_top_k: Annotated[int, NON_NEGATIVE] = 40

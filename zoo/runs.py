@@ -8,7 +8,8 @@ from typing import Any
 import flax.traverse_util as traverse
 import jax
 
-from zoo import checkpoint, data, experiment, sources, steps, trainer, workdir as workdir_lib
+from zoo import checkpoint, config as config_lib, data, experiment, sharding, sources, steps, trainer
+from zoo import workdir as workdir_lib
 from zoo.experiment import Experiment
 
 
@@ -68,16 +69,31 @@ def params_from_workdir(exp: Experiment, workdir: str, fresh: Any) -> Any:
 
 
 def restore_params(exp: Experiment, step: int | None = None) -> tuple[Any, int]:
-    """(params, step) of a checkpoint in the experiment's workdir, on the experiment's mesh."""
+    """(params, step) of a checkpoint in the experiment's workdir, on the experiment's mesh (the
+    optimizer state is not read)."""
     checkpointer = exp.checkpointer(read_only=True)
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise checkpoint.CheckpointError(f"{exp.workdir} has no checkpoint yet; train first")
-        state, _, step = checkpointer.restore(exp.layout.abstract, step)
-        return state.params, step
+        if step not in checkpointer.all_steps():
+            available = ", ".join(map(str, checkpointer.all_steps()))
+            raise checkpoint.CheckpointError(f"no checkpoint for step {step} in {exp.workdir} (available: {available})")
+        return checkpointer.restore_params(exp.layout.abstract.params, step), step
     finally:
         checkpointer.close()
+
+
+def for_these_devices(cfg: config_lib.Config, mesh: config_lib.MeshConfig | None = None) -> config_lib.Config:
+    """A trained run's config for evaluation and generation on the devices this process sees, whatever
+    mesh it was trained on: every device on `data` unless `mesh` is given, the batch rounded up to a
+    multiple of the batch shards, and no gradient accumulation."""
+    mesh = config_lib.MeshConfig() if mesh is None else mesh
+    data_size, fsdp, _ = sharding.mesh_shape(mesh.data, mesh.fsdp, mesh.tensor, jax.device_count())
+    shards = data_size * fsdp
+    batch_size = -(-cfg.data.batch_size // shards) * shards
+    return dataclasses.replace(cfg, mesh=mesh, data=dataclasses.replace(cfg.data, batch_size=batch_size),
+                               optim=dataclasses.replace(cfg.optim, grad_accum=1))
 
 
 def report(exp: Experiment, params: Any, step: int | None = None, samples: int = 3, max_batches: int = 0,

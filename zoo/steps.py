@@ -23,6 +23,26 @@ from zoo import kernels, sharding
 from zoo.family import Family
 
 
+SPIKE_WARMUP_STEPS = 50  # steps averaged before the spike guard may skip one
+SPIKE_DECAY = 0.98  # the running statistics weigh about the last 50 steps
+
+
+@flax.struct.dataclass
+class SpikeStats:
+    """Running mean and variance of [loss, log gradient norm] over recent finite steps (the spike guard's)."""
+
+    mean: jax.Array  # [2] float32
+    var: jax.Array  # [2] float32
+    count: jax.Array  # finite steps seen, int32
+    spikes: jax.Array  # steps skipped as spikes so far, int32
+
+    @classmethod
+    def zeros(cls) -> SpikeStats:
+        """No steps seen."""
+        zero = jnp.zeros((), jnp.int32)
+        return cls(mean=jnp.zeros(2, jnp.float32), var=jnp.zeros(2, jnp.float32), count=zero, spikes=zero)
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything that changes during training and goes into a checkpoint."""
@@ -31,6 +51,7 @@ class TrainState:
     params: Any
     opt_state: Any
     bad_steps: jax.Array  # consecutive non-finite steps, reset by a good one
+    spike_stats: SpikeStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +99,10 @@ def state_layout(family: Family, model: nn.Module, tx: optax.GradientTransformat
         tx, lambda _, s: s, opt_state, param_shardings, transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    abstract = TrainState(step=scalar, params=params, opt_state=opt_state, bad_steps=scalar)
-    shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, bad_steps=rep)
+    stats = jax.eval_shape(SpikeStats.zeros)
+    abstract = TrainState(step=scalar, params=params, opt_state=opt_state, bad_steps=scalar, spike_stats=stats)
+    shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, bad_steps=rep,
+                           spike_stats=jax.tree.map(lambda _: rep, stats))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     example = family.init_batch(batch_size, seq_len)
     batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in example.items()}
@@ -94,7 +117,8 @@ def init_state(family: Family, model: nn.Module, tx: optax.GradientTransformatio
     def init(rng: jax.Array) -> TrainState:
         params = nn.meta.unbox(family.init_params(model, rng, batch))
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(step=zero, params=params, opt_state=tx.init(params), bad_steps=zero)
+        return TrainState(step=zero, params=params, opt_state=tx.init(params), bad_steps=zero,
+                          spike_stats=SpikeStats.zeros())
 
     with on_mesh(mesh):
         return jax.jit(init, out_shardings=layout.shardings)(jax.random.key(seed))
@@ -108,14 +132,37 @@ def _micro_batches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Arr
     return jax.tree.map(split, batch)
 
 
+def _spike_guard(stats: SpikeStats, loss: jax.Array, grad_norm: jax.Array, finite: jax.Array,
+                 sigmas: float) -> tuple[jax.Array, SpikeStats]:
+    """(is this step a spike, the updated statistics).
+
+    A spike is a loss or log gradient norm more than `sigmas` running standard deviations above its
+    running mean, once SPIKE_WARMUP_STEPS finite steps were seen (never when `sigmas` is 0). The
+    statistics take in every finite step, spikes clipped to the bound: one spike barely moves them,
+    while a lasting shift (new data, a schedule change) is absorbed within a few dozen steps.
+    """
+    x = jnp.stack([loss, jnp.log(jnp.maximum(grad_norm, 1e-30))]).astype(jnp.float32)
+    bound = stats.mean + sigmas * jnp.sqrt(stats.var)
+    armed = (stats.count >= SPIKE_WARMUP_STEPS) & (sigmas > 0)
+    spike = finite & armed & jnp.any(x > bound)
+    x = jnp.where(armed, jnp.minimum(x, bound), x)
+    rate = jnp.maximum(1.0 / (stats.count + 1), 1.0 - SPIKE_DECAY)  # an exact mean over the first steps
+    delta = x - stats.mean
+    updated = SpikeStats(mean=stats.mean + rate * delta, var=(1 - rate) * (stats.var + rate * delta ** 2),
+                         count=stats.count + 1, spikes=stats.spikes + spike.astype(jnp.int32))
+    return spike, jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, stats)
+
+
 def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransformation,
                     layout: StateLayout, mesh: Mesh, schedule: optax.Schedule, seed: int,
-                    grad_accum: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    grad_accum: int = 1, spike_sigmas: float = 0.0,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A jitted `(state, batch) -> (state, metrics)`; the input state's buffers are donated.
 
     Gradients are of the summed loss over all micro-batches divided by the total target weight, so
     accumulation gives the same update as one big batch. A step with a non-finite loss or gradient
-    leaves params and optimizer state unchanged and counts in `bad_steps`.
+    leaves params and optimizer state unchanged and counts in `bad_steps`. A loss spike (see
+    `_spike_guard`) is skipped the same way and counted in the `spike` metric, not in `bad_steps`.
     """
     base_key = jax.random.key(seed)
 
@@ -142,7 +189,9 @@ def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransfor
             weight = jnp.maximum(sums["weight_sum"], 1.0)
             loss = sums["loss_sum"] / weight
             grad_norm = optax.tree.norm(grads) / weight
-            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            spike, spike_stats = _spike_guard(state.spike_stats, loss, grad_norm, finite, spike_sigmas)
+            ok = finite & ~spike
 
             def apply(params: Any, opt_state: Any) -> tuple[Any, Any]:
                 # dividing here, inside the branch, fuses into the update instead of writing a copy
@@ -153,9 +202,10 @@ def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransfor
             # about 3.5x slower, and a skipped step need not compute the update at all.
             params, opt_state = jax.lax.cond(ok, apply, lambda p, s: (p, s), state.params, state.opt_state)
             new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                                   bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
+                                   bad_steps=jnp.where(finite, 0, state.bad_steps + 1), spike_stats=spike_stats)
             metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-                       "skipped": (~ok).astype(jnp.int32), "bad_steps": new_state.bad_steps,
+                       "skipped": (~ok).astype(jnp.int32), "spike": spike.astype(jnp.int32), "spikes": spike_stats.spikes,
+                       "bad_steps": new_state.bad_steps,
                        **{k: v for k, v in sums.items()}}
             return new_state, metrics
 

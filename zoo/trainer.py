@@ -7,40 +7,19 @@ only a few scalars cross to the host per step.
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 from tqdm.auto import tqdm
 
-from zoo import data, metrics as metrics_lib, steps, throughput, workdir
+from zoo import data, metrics as metrics_lib, preemption, steps, throughput, workdir
 from zoo.errors import ZooError
 from zoo.experiment import Experiment
 
 
 class TrainingError(ZooError, RuntimeError):
     """Training cannot go on (e.g. too many consecutive non-finite steps)."""
-
-
-@contextlib.contextmanager
-def preemption_flag() -> Iterator[dict[str, bool]]:
-    """A flag set by SIGTERM (Cloud TPU's preemption notice) while the block runs."""
-    flag = {"stop": False}
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a notebook helper thread): no handler
-        pass
-    try:
-        yield flag
-    finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
 
 
 def evaluate(exp: Experiment, params: Any, split: data.Split, max_batches: int = 0) -> dict[str, float]:
@@ -73,59 +52,77 @@ def fit(exp: Experiment, state: steps.TrainState, data_state: data.DataState, qu
     start = int(jax.device_get(state.step))
     writer.truncate_after(start)
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule,
-                                       t.seed, cfg.optim.grad_accum)
+                                       t.seed, cfg.optim.grad_accum, t.spike_sigmas)
     train_split, eval_split = exp.split("train"), exp.split(cfg.data.eval_split)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    flops_per_token = exp.family.flops_per_token(cfg.model, cfg.data.seq_len)
     bar = tqdm(total=t.steps, initial=start, disable=quiet or not is_main, unit="step", dynamic_ncols=True)
+    log = _StepLog(writer, bar, exp, start)
     prefetched = data.prefetch(train_split.batches(data_state), exp.layout.batch_shardings)
     position = data_state.batches
-    pending: tuple[int, Any] | None = None
-    window_start, window_steps = time.perf_counter(), 0
     try:
         # closing() stops the prefetch thread before we return, so it is never mid-transfer at exit
-        with contextlib.closing(prefetched) as batches, preemption_flag() as preempted, steps.on_mesh(exp.mesh):
+        with contextlib.closing(prefetched) as batches, preemption.watch() as stop, steps.on_mesh(exp.mesh):
             for step in range(start, t.steps):
                 device_batch, host_batch = next(batches)
                 state, step_metrics = train_step(state, device_batch)
                 position += 1
-                if pending is not None:
-                    window_steps += 1
-                    _check_health(pending, t.max_bad_steps)
-                    if pending[0] % t.log_every == 0:
-                        elapsed = time.perf_counter() - window_start
-                        rate = tokens_per_step * window_steps / max(elapsed, 1e-9)
-                        _log(writer, bar, pending, rate, throughput.mfu(flops_per_token, rate))
-                    if pending[0] % t.log_every == 0 or pending[0] == start + 1:
-                        # the first step includes compilation: throughput is timed from after it
-                        window_start, window_steps = time.perf_counter(), 0
-                pending = (step + 1, step_metrics)
+                log.dispatched(step + 1, step_metrics)
                 bar.update(1)
                 done = step + 1
                 valid_loss = None
-                if t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
                     summary = evaluate(exp, state.params, eval_split, t.eval_batches)
-                    valid_loss = summary["loss"]
+                    valid_loss = summary["loss"]  # ranks the checkpoint saved below for keep-best
                     writer.write(done, {f"valid_{k}": v for k, v in summary.items()})
-                if done % t.checkpoint_every == 0 or done == t.steps or preempted["stop"]:
-                    if done == t.steps and valid_loss is None:
-                        valid_loss = evaluate(exp, state.params, eval_split, t.eval_batches)["loss"]
+                stopping = stop.after(done)
+                if done % t.checkpoint_every == 0 or valid_loss is not None or stopping:
                     cursors = data.global_cursors(host_batch, cfg.data.batch_size)
                     checkpointer.save(done, state, data.DataState(position, cursors).to_json(), valid_loss)
-                if preempted["stop"]:
-                    if is_main:
-                        tqdm.write(f"SIGTERM: checkpoint saved at step {done}; exiting")
-                    break
-            if pending is not None:
-                _check_health(pending, t.max_bad_steps)
-                elapsed = time.perf_counter() - window_start
-                rate = tokens_per_step * (window_steps + 1) / max(elapsed, 1e-9)
-                _log(writer, bar, pending, rate, throughput.mfu(flops_per_token, rate))
+                if stopping:
+                    log.finish()
+                    raise stop.stopped(done)
+            log.finish()
     finally:  # also when training fails: pending saves finish before the process exits
         bar.close()
         checkpointer.close()
         writer.close()
     return state
+
+
+class _StepLog:
+    """Checks and logs each step's metrics one step late, so fetching them never stalls the device,
+    with the tokens/s and MFU of the steps since the last log line."""
+
+    def __init__(self, writer: workdir.MetricsWriter, bar: tqdm, exp: Experiment, start: int) -> None:
+        cfg = exp.config
+        self.writer, self.bar, self.start = writer, bar, start
+        self.log_every, self.max_bad_steps = cfg.train.log_every, cfg.train.max_bad_steps
+        self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        self.flops_per_token = exp.family.flops_per_token(cfg.model, cfg.data.seq_len)
+        self.pending: tuple[int, Any] | None = None
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def dispatched(self, step: int, step_metrics: Any) -> None:
+        """Step `step` was dispatched: check and maybe log the one before it."""
+        if self.pending is not None:
+            self.window_steps += 1
+            _check_health(self.pending, self.max_bad_steps)
+            done = self.pending[0]
+            if done % self.log_every == 0:
+                self._write(self.window_steps)
+            if done % self.log_every == 0 or done == self.start + 1:
+                # the first step includes compilation: throughput is timed from after it
+                self.window_start, self.window_steps = time.perf_counter(), 0
+        self.pending = (step, step_metrics)
+
+    def finish(self) -> None:
+        """Check and log the last dispatched step."""
+        if self.pending is not None:
+            _check_health(self.pending, self.max_bad_steps)
+            self._write(self.window_steps + 1)
+
+    def _write(self, window_steps: int) -> None:
+        rate = self.tokens_per_step * window_steps / max(time.perf_counter() - self.window_start, 1e-9)
+        _log(self.writer, self.bar, self.pending, rate, throughput.mfu(self.flops_per_token, rate))
 
 
 def _check_health(pending: tuple[int, Any], max_bad_steps: int) -> None:
@@ -141,7 +138,7 @@ def _log(writer: workdir.MetricsWriter, bar: tqdm, pending: tuple[int, Any], rat
     m = jax.device_get(m)
     record = {"loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),
               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": rate, "mfu": mfu,
-              "skipped_steps": int(m["skipped"])}
+              "skipped_steps": int(m["skipped"]), "spikes_skipped": int(m["spikes"])}
     if "correct_sum" in m:  # a regression has no accuracy
         record["accuracy"] = float(m["correct_sum"]) / max(float(m["weight_sum"]), 1.0)
     writer.write(step, record)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError
 from zoo.rows import Cursor, Doc, Row, RowMaker, take_tokens
 from zoo.sources import Record, record_text
 
