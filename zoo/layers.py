@@ -181,6 +181,9 @@ class Embed(nn.Module):
 
     def attend(self, x_BLD: Array) -> Array:
         """Logits over the vocabulary from hidden states, in float32."""
+        # Batch-sharded into the head: left to propagation, a head after a gather (BERT's MLM slots)
+        # got its width sharded over fsdp, and the backward all-gathered the whole batch's logits.
+        x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
         return project("BLD,VD->BLV", x_BLD, self.embedding_VD, out_dtype=jnp.float32)
 
 

@@ -150,3 +150,36 @@ def describe(shardings: Any, params: Any) -> list[str]:
         lines.append(f"{name:60s} {str(tuple(leaf.shape)):22s} {str(sharding.spec):40s} "
                      f"{math.prod(leaf.shape) // max(shards, 1)}x split")
     return lines
+
+
+def inspect(boxed: Any, mesh: Mesh) -> dict[str, Any]:
+    """The sharding inspector's findings for boxed (LogicallyPartitioned) parameter shapes on `mesh`.
+
+    `params`: per parameter its path, shape, logical axes, PartitionSpec, the ways it is split, its
+    bytes on one device and the dimensions that do not divide evenly over their mesh axes.
+    `unused_rules`: LOGICAL_RULES names no parameter carries (batch and length name activations).
+    `idle_rules`: rules whose mesh axes all have size 1 on this mesh, so they shard nothing here.
+    `unknown_axes`: logical names parameters carry that no rule maps (those dimensions are replicated).
+    """
+    shardings = logical_shardings(boxed, mesh)
+    logical = nn.get_partition_spec(boxed)
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
+    rows, carried = [], set()
+    for (path, leaf), sharding, names in zip(leaves, jax.tree.leaves(shardings),
+                                             jax.tree.leaves(logical, is_leaf=lambda x: x is None or isinstance(x, P))):
+        value = nn.meta.unbox(leaf)
+        names = tuple(names) if names is not None else (None,) * len(value.shape)
+        carried.update(n for n in names if n)
+        ways = [math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())))
+                for axes in tuple(sharding.spec) + (None,) * (len(value.shape) - len(sharding.spec))]
+        per_device = math.prod(-(-size // w) for size, w in zip(value.shape, ways)) * value.dtype.itemsize
+        rows.append({"path": "/".join(str(getattr(k, "key", k)) for k in path), "shape": tuple(value.shape),
+                     "logical": names, "spec": str(sharding.spec), "ways": math.prod(ways),
+                     "bytes_per_device": per_device,
+                     "undivided": [d for d, (size, w) in enumerate(zip(value.shape, ways)) if size % w]})
+    rules = dict(LOGICAL_RULES)
+    idle = [name for name, axes in LOGICAL_RULES if axes is not None and
+            math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)) == 1]
+    return {"params": rows, "unused_rules": [name for name in rules if name not in carried],
+            "idle_rules": idle, "unknown_axes": sorted(carried - set(rules))}

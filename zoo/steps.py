@@ -74,7 +74,9 @@ def on_mesh(mesh: Mesh) -> Iterator[None]:
 def abstract_params(family: Family, model: nn.Module, batch_size: int, seq_len: int) -> Any:
     """Boxed (LogicallyPartitioned) parameter shapes, computed without allocating anything."""
     batch = family.init_batch(batch_size, seq_len)
-    return jax.eval_shape(lambda: family.init_params(model, jax.random.key(0), batch))
+    # the batch is an argument, not a closed-over constant: as a constant, everything that depends
+    # on it alone (attention masks, [B, 1, L, L]) would be computed for real (15 GB at 8192 x 512)
+    return jax.eval_shape(lambda b: family.init_params(model, jax.random.key(0), b), batch)
 
 
 def count_params(tree: Any) -> int:

@@ -163,6 +163,8 @@ class Model(nn.Module):
         drop = layers.Dropout(cfg.dropout)
         if target_positions_BP is not None:  # token-level heads only where targets are
             x_BPD = jnp.take_along_axis(x_BLD, target_positions_BP[..., None], axis=1)
+            # the gather loses the batch sharding: without this the MLM dense's backward gathers [B, P, D]
+            x_BPD = layers.constrain(x_BPD, ("batch", "length", "embed"))
         else:
             x_BPD = x_BLD
         out = {}
