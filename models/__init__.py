@@ -29,10 +29,12 @@ def preset(name: str) -> tuple[Family, Any]:
 
 
 def run_config(name: str, model: Any = None) -> config_lib.Config:
-    """The run config of a preset: its model config (or `model`) with the family's training defaults."""
+    """The run config of a preset: its model config (or `model`) with the family's training defaults and
+    the preset's own (`Family.preset_defaults`)."""
     family, model_cfg = preset(name)
-    return config_lib.Config(preset=name, family=family.name, model=model_cfg if model is None else model,
-                             **family.train_defaults)
+    cfg = config_lib.Config(preset=name, family=family.name, model=model_cfg if model is None else model,
+                            **family.train_defaults)
+    return config_lib.apply_overrides(cfg, (family.preset_defaults or {}).get(name, ()))
 
 
 def family_for_hf(model_type: str | None) -> Family:

@@ -23,6 +23,24 @@ def metrics(workdir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def tensorboard_scalars(workdir):
+    """{tag: {step: value}} read back from the run's TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    tb = os.path.join(workdir, "tensorboard")
+    for name in sorted(os.listdir(tb)):
+        data = open(os.path.join(tb, name), "rb").read()
+        at = 0
+        while at < len(data):  # each record: u64 length, u32 crc, payload, u32 crc
+            length = int.from_bytes(data[at:at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
 def train_losses(workdir):
     return {m["step"]: m["loss"] for m in metrics(workdir) if "loss" in m}
 
@@ -176,6 +194,8 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_validation_loss(trained,
                "--set", "optim.learning_rate=0.5", "--set", "optim.clip_norm=0")
     valid = {m["step"]: m["valid_loss"] for m in metrics(workdir) if "valid_loss" in m}
     assert sorted(valid) == [2, 4, 6, 8, 10, 12]  # every eval step is a checkpoint step
+    board = tensorboard_scalars(workdir)["valid_loss"]
+    assert board.keys() == valid.keys() and all(abs(board[s] - valid[s]) < 1e-5 * abs(valid[s]) for s in valid)
     saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     best = min(valid, key=valid.get)
     assert best != 12, valid  # otherwise this test would not tell keep-best from keep-latest

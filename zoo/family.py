@@ -56,3 +56,5 @@ class Family:
     sample_prompts: Callable[[Any, Records, Any, int], list[str]] | None = None  # closing-sample prompts
     generate: Callable[..., list[str]] | None = None  # (model, params, tokenizer, prompts, n, **sampling)
     generation_metrics: Callable[..., dict] | None = None  # (model, params, tokenizer, records, run)
+    preset_defaults: Mapping[str, tuple[str, ...]] | None = None  # preset -> `key=value` run defaults
+    # (a tiny preset's tuned default run), applied before the user's overrides

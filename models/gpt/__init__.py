@@ -15,4 +15,5 @@ FAMILY = Family(
                  params_from_hf=hf.params_from_hf, params_to_hf=hf.params_to_hf),
     sample_prompts=data.sample_prompts,
     generate=functools.partial(decode.generate_text, encoder_decoder=False),
+    preset_defaults=model.PRESET_DEFAULTS,
 )

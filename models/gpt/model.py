@@ -43,7 +43,8 @@ def modern_config(num_layers: int, d_model: int, num_heads: int, num_kv_heads: i
 
 
 PRESETS: dict[str, Config] = {
-    "gpt-tiny": Config(num_layers=4, d_model=256, num_heads=4, d_ff=1024, vocab_size=8000, max_len=512),
+    # the default run's model: sized so that `python train.py` learns in a few minutes on two CPU cores
+    "gpt-tiny": Config(num_layers=2, d_model=128, num_heads=2, d_ff=512, vocab_size=512, max_len=512),
     "gpt2-small": _gpt2(12, 768, 12),
     "gpt2-medium": _gpt2(24, 1024, 16),
     "gpt2-large": _gpt2(36, 1280, 20),
@@ -51,6 +52,12 @@ PRESETS: dict[str, Config] = {
     "gpt-modern-tiny": modern_config(4, 256, 4, 2, 688, vocab_size=8000, max_len=2048),
     "gpt-modern-small": modern_config(12, 768, 12, 4, 2048, vocab_size=32000, max_len=4096),
     "gpt-modern-small-swa": modern_config(12, 768, 12, 4, 2048, vocab_size=32000, max_len=4096, sliding_window=1024),
+}
+
+# `python train.py` (gpt-tiny on the builtin corpus), tuned on 2 cores: a 512-piece vocabulary (about
+# 1.7 characters a piece), a high learning rate and 1,000 steps of 16 x 128 tokens (BENCHMARKS.md)
+PRESET_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "gpt-tiny": ("data.vocab_size=512", "optim.learning_rate=3e-3", "train.steps=1000"),
 }
 
 
