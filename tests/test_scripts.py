@@ -24,21 +24,12 @@ def metrics(workdir):
 
 
 def tensorboard_scalars(workdir):
-    """{tag: {step: value}} read back from the run's TensorBoard event files (TFRecord framing)."""
-    from tensorboardX.proto import event_pb2
+    """{tag: {step: value}} read back from the run's event files by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    scalars = {}
-    tb = os.path.join(workdir, "tensorboard")
-    for name in sorted(os.listdir(tb)):
-        data = open(os.path.join(tb, name), "rb").read()
-        at = 0
-        while at < len(data):  # each record: u64 length, u32 crc, payload, u32 crc
-            length = int.from_bytes(data[at:at + 8], "little")
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-            at += 12 + length + 4
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-    return scalars
+    events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 def train_losses(workdir):
@@ -57,9 +48,11 @@ def test_train_writes_config_tokenizer_checkpoints_metrics_and_samples(trained):
     for name in ("config.json", "tokenizer.model", "metrics.jsonl"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[:2] == ["3", "6"]
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     records = [m for m in metrics(workdir) if "loss" in m]
     assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6]
+    board = tensorboard_scalars(workdir)
+    for key in ("loss", "grad_norm", "learning_rate"):  # the same scalars, read back by TensorBoard
+        assert board[key] == pytest.approx({m["step"]: m[key] for m in records}, rel=1e-6), key
     for key in ("loss", "learning_rate", "grad_norm", "tokens_per_sec", "mfu"):
         assert all(key in m for m in records), key
     assert "validation:" in proc.stdout and "--- " in proc.stdout  # metrics and samples printed
