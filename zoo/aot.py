@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 import models
-from zoo import aot_report, cli, config as config_lib, decode, experiment, sharding, steps, topology, workdir
+from zoo import aot_report, cli, config as config_lib, decode, experiment, losses, sharding, steps, topology, workdir
 from zoo.errors import ZooError
 from zoo.experiment import Experiment
 from zoo.tokenizer import Tokenizer
@@ -122,7 +122,8 @@ def trace_step(exp: Experiment, step: str, new_tokens: int = 32) -> tuple[jax.st
     cfg, layout = exp.config, exp.layout
     if step == "train":  # built off the mesh: the step's seed key is a host constant, not a mesh array
         jitted = steps.make_train_step(exp.family, exp.model, exp.tx, layout, exp.mesh, exp.schedule,
-                                       cfg.train.seed, cfg.optim.grad_accum, cfg.train.spike_sigmas)
+                                       cfg.train.seed, cfg.optim.grad_accum, cfg.train.spike_sigmas,
+                                       losses.training_options(cfg.optim))
         args = (layout.abstract, abstract_batch(exp))
     elif step == "eval":
         jitted, args = exp.eval_step, (layout.abstract.params, abstract_batch(exp))

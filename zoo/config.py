@@ -64,18 +64,33 @@ RUNTIME_MODEL_FIELDS = ("dtype", "remat", "attention_impl", "dropout")
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup, cosine decay, global-norm clipping and gradient accumulation."""
+    """The optimizer by name (zoo.optim), its learning-rate schedule (zoo.schedules), global-norm
+    clipping, gradient accumulation, frozen layers, and the training loss's z-loss and label smoothing."""
 
-    learning_rate: Annotated[float, POSITIVE] = 1e-3
+    name: Literal["adamw", "adam", "adafactor", "lamb", "lion", "sgd", "adamp"] = "adamw"
+    schedule: Literal["cosine", "linear", "constant", "rsqrt", "wsd"] = "cosine"  # each after a linear warmup
+    learning_rate: Annotated[float, POSITIVE] = 1e-3  # the peak, reached at the end of warmup
     warmup_steps: Annotated[int, NON_NEGATIVE] = 50
-    min_lr_ratio: Annotated[float, PROBABILITY] = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    weight_decay: Annotated[float, NON_NEGATIVE] = 0.1
-    b1: Annotated[float, RATE] = 0.9
-    b2: Annotated[float, RATE] = 0.95
-    eps: Annotated[float, POSITIVE] = 1e-8
+    min_lr_ratio: Annotated[float, PROBABILITY] = 0.1  # cosine/linear/wsd decay to learning_rate * min_lr_ratio
+    decay_fraction: Annotated[float, PROBABILITY] = 0.2  # wsd: the last fraction of the steps decays
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.1  # on matrices; not used by adam
+    b1: Annotated[float, RATE] = 0.9  # adamw/adam/lamb/adamp; lion's interpolation
+    b2: Annotated[float, RATE] = 0.95  # adamw/adam/lamb/adamp; lion's momentum decay
+    eps: Annotated[float, POSITIVE] = 1e-8  # adamw/adam/lamb/adamp
+    momentum: Annotated[float, RATE] = 0.9  # sgd (0: none)
+    nesterov: bool = False  # sgd and adamp
+    adafactor_decay_rate: Annotated[float, OPEN_UNIT] = 0.8  # second moments decay with 1 - step^-rate
+    adafactor_clip: Annotated[float, NON_NEGATIVE] = 1.0  # update RMS clipping threshold (0: none)
+    adafactor_factored: bool = True  # factored second moments for leaves with 2 dims >= adafactor_min_dim
+    adafactor_min_dim: Annotated[int, AT_LEAST_ONE] = 128
+    adafactor_param_scale: bool = True  # relative step: learning rate times the param's RMS (>= 1e-3)
+    adamp_delta: Annotated[float, POSITIVE] = 0.1  # project when |cos(grad, weight)| < delta / sqrt(dim)
+    adamp_wd_ratio: Annotated[float, PROBABILITY] = 0.1  # weight decay factor of projected weights
     clip_norm: Annotated[float, NON_NEGATIVE] = 1.0  # 0: no clipping
     grad_accum: Annotated[int, AT_LEAST_ONE] = 1  # micro-batches per step; batch_size must divide by it
     freeze_layers: Annotated[int, NON_NEGATIVE] = 0  # freeze the embeddings and the lowest k layers
+    z_loss: Annotated[float, NON_NEGATIVE] = 0.0  # training loss += z_loss * log(Z)^2 per scored token
+    label_smoothing: Annotated[float, RATE] = 0.0  # training targets: (1 - a) one-hot + a uniform
 
 
 @dataclasses.dataclass(frozen=True)

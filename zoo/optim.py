@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine decay and global-norm clipping, optionally freezing lower layers."""
+"""The run's optimizer: `optim.name` (one-pass AdamW by default, or one of zoo.optimizers) with the
+`optim.schedule` learning rate, global-norm clipping, weight decay on matrices, and frozen layers."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zoo.config import OptimConfig
+from zoo import optimizers, schedules
+from zoo.config import ConfigError, OptimConfig
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to the peak, then cosine decay to peak * min_lr_ratio at total_steps."""
-    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio)
+    """Linear warmup from 0 to the peak, then the decay `cfg.schedule` names (zoo.schedules)."""
+    return schedules.learning_rate_schedule(cfg, total_steps)
 
 
 def _keys(path: tuple) -> list[str]:
@@ -31,6 +30,12 @@ def decay_mask(params: Any) -> Any:
         return np.ndim(leaf) - ("layers" in _keys(path)[:-1]) >= 2
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def stacked_mask(params: Any) -> Any:
+    """True for leaves stacked over scanned layers (a leading `layers` axis)."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: "layers" in _keys(path)[:-1] and np.ndim(leaf) > 0,
+                                            params)
 
 
 def trainable_mask(params: Any, freeze_layers: int) -> Any:
@@ -103,9 +108,28 @@ def clipped_adamw(schedule: optax.Schedule, b1: float, b2: float, eps: float, we
     return optax.GradientTransformation(init, update)
 
 
+def _masked(trainable: Any) -> optax.GradientTransformation:
+    """Multiply updates by the per-leaf float masks of `trainable_mask` (stateless)."""
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return jax.tree.map(lambda u, keep: u * jnp.asarray(keep, u.dtype), updates, trainable), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any) -> optax.GradientTransformation:
     """The run's optimizer; `params` (unboxed arrays or shapes) gives the tree for the masks."""
+    if cfg.name != "adamw" and cfg.name not in optimizers.BUILDERS:
+        raise ConfigError(f"optim.name must be one of adamw, {', '.join(optimizers.BUILDERS)}, got {cfg.name!r}")
     trainable = trainable_mask(params, cfg.freeze_layers) if cfg.freeze_layers else None
-    return clipped_adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                         weight_decay=cfg.weight_decay, decays=decay_mask(params), clip_norm=cfg.clip_norm,
-                         trainable=trainable)
+    schedule = learning_rate_schedule(cfg, total_steps)
+    if cfg.name == "adamw":
+        return clipped_adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             decays=decay_mask(params), clip_norm=cfg.clip_norm, trainable=trainable)
+    # frozen entries: gradients zeroed before the norm, updates after the step (decay included)
+    parts = [] if trainable is None else [_masked(trainable)]
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(optimizers.BUILDERS[cfg.name](cfg, schedule, decay_mask(params), stacked_mask(params)))
+    if trainable is not None:
+        parts.append(_masked(trainable))
+    return optimizers.layout_aware(optax.chain(*parts), params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import flax
 import flax.linen as nn
@@ -157,9 +157,11 @@ def _spike_guard(stats: SpikeStats, loss: jax.Array, grad_norm: jax.Array, finit
 
 def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransformation,
                     layout: StateLayout, mesh: Mesh, schedule: optax.Schedule, seed: int,
-                    grad_accum: int = 1, spike_sigmas: float = 0.0,
+                    grad_accum: int = 1, spike_sigmas: float = 0.0, loss_options: Mapping[str, float] | None = None,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A jitted `(state, batch) -> (state, metrics)`; the input state's buffers are donated.
+
+    `loss_options` go to the family's training loss (`z_loss`, `label_smoothing`: zoo.losses).
 
     Gradients are of the summed loss over all micro-batches divided by the total target weight, so
     accumulation gives the same update as one big batch. A step with a non-finite loss or gradient
@@ -170,7 +172,7 @@ def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransfor
 
     def sums_and_grads(params: Any, batch: dict, rng: jax.Array) -> tuple[dict, Any]:
         def objective(p: Any) -> tuple[jax.Array, dict]:
-            sums = family.loss_sums(model, p, batch, rng, True)
+            sums = family.loss_sums(model, p, batch, rng, True, **(loss_options or {}))
             return sums["loss_sum"], sums
         (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return sums, grads

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from zoo import data, metrics as metrics_lib, preemption, steps, throughput, workdir
+from zoo import data, losses, metrics as metrics_lib, preemption, steps, throughput, workdir
 from zoo.errors import ZooError
 from zoo.experiment import Experiment
 
@@ -52,7 +52,8 @@ def fit(exp: Experiment, state: steps.TrainState, data_state: data.DataState, qu
     start = int(jax.device_get(state.step))
     writer.truncate_after(start)
     train_step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule,
-                                       t.seed, cfg.optim.grad_accum, t.spike_sigmas)
+                                       t.seed, cfg.optim.grad_accum, t.spike_sigmas,
+                                       losses.training_options(cfg.optim))
     train_split, eval_split = exp.split("train"), exp.split(cfg.data.eval_split)
     bar = tqdm(total=t.steps, initial=start, disable=quiet or not is_main, unit="step", dynamic_ncols=True)
     log = _StepLog(writer, bar, exp, start)

@@ -231,7 +231,7 @@ def init_params(model: Model, rng: jax.Array, batch: dict[str, jax.Array]) -> An
 
 
 def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-              train: bool) -> dict[str, jax.Array]:
+              train: bool, z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
     """Summed losses and counts; the train objective is loss_sum / weight_sum.
 
     pretrain: weight_sum counts masked tokens, and each row adds its NSP loss once per masked token
@@ -241,8 +241,10 @@ def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rn
     (`confusion_{true}_{pred}_sum`) from which `summarize` gives F1 and Matthews correlation.
     classify with num_labels 1 (regression): squared error of the score against the float label,
     so the objective is the mean squared error, plus the sums Pearson's r is computed from.
+    z-loss and label smoothing (training only, see zoo.losses) apply to MLM, classify and tag, not to NSP.
     """
     cfg = model.cfg
+    options = losses.train_options(train, z_loss, label_smoothing)
     out = model.apply({"params": params}, batch["inputs"], batch["segments"], None, batch["token_types"],
                       target_positions_BP=batch["target_positions"], deterministic=not train,
                       rngs={"dropout": dropout_rng})
@@ -250,11 +252,11 @@ def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rn
         return _regression_sums(out["logits"][:, 0], batch["labels"], batch["label_weights"])
     if cfg.task == "classify":
         logits, targets, weights = out["logits"][:, None], batch["labels"][:, None], batch["label_weights"][:, None]
-        return {**losses.cross_entropy_sums(logits, targets, weights), **_confusion(logits, targets, weights)}
+        return {**losses.cross_entropy_sums(logits, targets, weights, **options), **_confusion(logits, targets, weights)}
     if cfg.task == "tag":
         logits, targets, weights = out["logits"], batch["targets"], batch["weights"]
-        return {**losses.cross_entropy_sums(logits, targets, weights), **_confusion(logits, targets, weights)}
-    mlm = losses.cross_entropy_sums(out["mlm_logits"], batch["targets"], batch["weights"])
+        return {**losses.cross_entropy_sums(logits, targets, weights, **options), **_confusion(logits, targets, weights)}
+    mlm = losses.cross_entropy_sums(out["mlm_logits"], batch["targets"], batch["weights"], **options)
     sums = {**mlm, "mlm_loss_sum": mlm["loss_sum"], "mlm_correct_sum": mlm["correct_sum"],
             "mlm_count": mlm["weight_sum"]}
     if cfg.nsp:

@@ -124,11 +124,13 @@ def init_params(model: Model, rng: jax.Array, batch: dict[str, jax.Array]) -> An
 
 
 def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-              train: bool) -> dict[str, jax.Array]:
-    """Summed next-token cross-entropy over weighted targets, target weight and correct count."""
+              train: bool, z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Summed next-token cross-entropy over weighted targets, target weight and correct count
+    (z-loss and label smoothing in training only, see zoo.losses)."""
     logits_BLV = model.apply({"params": params}, batch["inputs"], batch["segments"], batch["positions"],
                              deterministic=not train, rngs={"dropout": dropout_rng})
-    return losses.cross_entropy_sums(logits_BLV, batch["targets"], batch["weights"])
+    return losses.cross_entropy_sums(logits_BLV, batch["targets"], batch["weights"],
+                                     **losses.train_options(train, z_loss, label_smoothing))
 
 
 def flops_per_token(cfg: Config, seq_len: int) -> float:

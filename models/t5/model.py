@@ -308,12 +308,14 @@ def init_params(model: Model, rng: jax.Array, batch: dict[str, jax.Array]) -> An
 
 
 def loss_sums(model: Model, params: Any, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-              train: bool) -> dict[str, jax.Array]:
-    """Summed target-token cross-entropy, target weight and correct count (teacher forcing)."""
+              train: bool, z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Summed target-token cross-entropy, target weight and correct count (teacher forcing; z-loss and
+    label smoothing in training only, see zoo.losses)."""
     logits_BLV = model.apply({"params": params}, batch["encoder_inputs"], batch["decoder_inputs"],
                              batch["encoder_segments"], batch["decoder_segments"], deterministic=not train,
                              rngs={"dropout": dropout_rng})
-    return losses.cross_entropy_sums(logits_BLV, batch["decoder_targets"], batch["decoder_weights"])
+    return losses.cross_entropy_sums(logits_BLV, batch["decoder_targets"], batch["decoder_weights"],
+                                     **losses.train_options(train, z_loss, label_smoothing))
 
 
 def logits(model: Model, params: Any, input_ids: Any, decoder_input_ids: Any, attention_mask: Any = None,

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from zoo import config as config_lib, data, experiment, steps, throughput
+from zoo import config as config_lib, data, experiment, losses, steps, throughput
 from zoo.bench import measure, report, synthetic
 
 
@@ -35,7 +35,8 @@ def _build(cfg: config_lib.Config) -> tuple[experiment.Experiment, Any]:
     """The experiment of `cfg` (no tokenizer) and its train step, made as train.py makes them."""
     exp = experiment.build(cfg, None, tokenizer=experiment.NO_TOKENIZER)
     step = steps.make_train_step(exp.family, exp.model, exp.tx, exp.layout, exp.mesh, exp.schedule,
-                                 cfg.train.seed, cfg.optim.grad_accum)
+                                 cfg.train.seed, cfg.optim.grad_accum,
+                                 loss_options=losses.training_options(cfg.optim))
     return exp, step
 
 
