@@ -127,7 +127,7 @@ def test_cli_report_and_json(tmp_path):
 @pytest.mark.parametrize("flags", [
     [*SMALL_FLAGS, "--hbm", "0.002"],  # compiles, but needs more than 2 MiB per device
     # XLA itself refuses it: 4096 x 512 tokens of 8000 logits are 16 GiB per device
-    ["--set", "model.num_layers=1", "--batch-size", "4096", "--seq-len", "512", "--set", "model.remat=none"],
+    ["--set", "model.num_layers=1", "--set", "data.vocab_size=8000", "--batch-size", "4096", "--seq-len", "512", "--set", "model.remat=none"],
 ], ids=["over-hbm", "xla-out-of-memory"])
 def test_what_does_not_fit_exits_with_one_line(flags, tmp_path):
     out = tmp_path / "r.json"
