@@ -160,7 +160,6 @@ def make_train_step(family: Family, model: nn.Module, tx: optax.GradientTransfor
                     grad_accum: int = 1, spike_sigmas: float = 0.0, loss_options: Mapping[str, float] | None = None,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A jitted `(state, batch) -> (state, metrics)`; the input state's buffers are donated.
-
     `loss_options` go to the family's training loss (`z_loss`, `label_smoothing`: zoo.losses).
 
     Gradients are of the summed loss over all micro-batches divided by the total target weight, so
